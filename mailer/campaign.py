@@ -1,0 +1,63 @@
+"""What the scheduler and `digest send --now` trigger: build the due digest, deliver it.
+
+Everything is decided from the database, so calling these again (a restart, a second
+service, the cron trigger firing twice on a DST night) is always safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from mailer import delivery
+from mailer import digest as digests
+from mailer.config import Config
+from mailer.db import Database
+from mailer.delivery import RunSummary
+from mailer.scheduler import Schedule
+
+log = logging.getLogger(__name__)
+
+
+def deliver_unfinished(
+    db: Database,
+    cfg: Config,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[RunSummary, int], None] | None = None,
+) -> list[RunSummary]:
+    """Deliver (resume) every digest that has not finished, oldest first."""
+    out = []
+    for d in digests.unfinished(db):
+        if stop is not None and stop.is_set():
+            break
+        summary = delivery.deliver(db, cfg, d.id, stop, on_progress)
+        if summary.stopped:
+            log.error("digest #%s: %s", d.issue_number, summary.stopped)
+        out.append(summary)
+    return out
+
+
+def run_due(
+    db: Database, cfg: Config, now: datetime, stop: threading.Event | None = None
+) -> list[RunSummary]:
+    """The scheduled job: build the digest of the due slot (if any, once), then deliver."""
+    schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
+    slot = schedule.due_slot(now, timedelta(hours=cfg.schedule.grace_hours))
+    if slot is not None:
+        digests.build(db, cfg, slot)
+    return deliver_unfinished(db, cfg, stop)
+
+
+def send_now(
+    db: Database,
+    cfg: Config,
+    now: datetime,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[RunSummary, int], None] | None = None,
+) -> list[RunSummary]:
+    """`digest send --now`: resume an unfinished digest, or build one for this moment."""
+    if not digests.unfinished(db):
+        digests.build(db, cfg, digests.manual_slot(now), record_skip=False)
+    return deliver_unfinished(db, cfg, stop, on_progress)

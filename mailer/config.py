@@ -1,0 +1,301 @@
+"""Configuration: `config.toml` (tomllib) overlaid with `MAILER_<SECTION>_<KEY>` variables.
+
+pydantic-settings does the typing, the env overlay and the unknown-key checks; this module
+only finds the file, resolves relative paths against it and turns the first validation
+error into one line that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mailer.errors import ConfigError
+
+ENV_PREFIX = "MAILER_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///var/mailer.db"
+
+
+class SmtpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 2525
+    security: Literal["none", "starttls", "ssl"] = "none"
+    username: str = ""
+    # Set it with MAILER_SMTP_PASSWORD; it is never printed or logged.
+    password: str = Field(default="", repr=False)
+    ca_file: str = ""
+    timeout: Annotated[float, Field(gt=0)] = 30.0
+    from_address: str = "digest@localhost"
+    from_name: str = "Newsletter"
+    # Domain used in Message-IDs; defaults to the domain of from_address.
+    message_id_domain: str = ""
+    connections: Annotated[int, Field(ge=1, le=64)] = 4
+    max_per_second: Annotated[float, Field(ge=0)] = 0
+    max_per_hour: Annotated[int, Field(ge=0)] = 0
+
+
+class CatcherConfig(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 2525
+    folder: str = "var/mail"
+
+
+class ScheduleConfig(_Section):
+    cron: str = "0 8 * * mon"
+    timezone: str = "UTC"
+    # A slot missed while the service was down is still sent if it is at most this old.
+    grace_hours: Annotated[float, Field(ge=0)] = 12
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from mailer.scheduler import make_trigger  # local: scheduler imports config
+
+        make_trigger(value, "UTC")
+        return value
+
+
+_SUBJECT_FIELDS = {"name": "Weekly", "issue": 1, "themes": "AI, Chips", "date": "1 Jan 2026"}
+
+
+class DigestConfig(_Section):
+    name: str = "Weekly Digest"
+    subject: str = "{name} #{issue}: {themes}"
+    max_articles: Annotated[int, Field(ge=1)] = 40
+    min_articles: Annotated[int, Field(ge=0)] = 1
+    base_url: str = "http://127.0.0.1:8080"
+    language: str = "en"
+    accent_color: str = "#1a56db"
+    footer_text: str = "You receive this because you subscribed to our newsletter."
+    postal_address: str = ""
+    templates: str = "templates"
+    lead_chars: Annotated[int, Field(ge=40)] = 320
+
+    @field_validator("subject")
+    @classmethod
+    def _valid_subject(cls, value: str) -> str:
+        try:
+            value.format(**_SUBJECT_FIELDS)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"bad subject template {value!r}: use only {{name}}, {{issue}}, {{themes}}, {{date}}"
+            ) from exc
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _valid_base_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"base_url must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("accent_color")
+    @classmethod
+    def _valid_colour(cls, value: str) -> str:
+        if not re.fullmatch(r"#[0-9a-fA-F]{3}|#[0-9a-fA-F]{6}", value):
+            raise ValueError(f"accent_color must be a hex colour like #1a56db, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> DigestConfig:
+        if self.min_articles > self.max_articles:
+            raise ValueError("min_articles is larger than max_articles")
+        return self
+
+
+class DeliveryConfig(_Section):
+    # Delays before the 1st, 2nd, ... retry of a temporary failure; the last one repeats.
+    retry_minutes: list[Annotated[float, Field(gt=0)]] = Field(default=[1, 5, 15, 60, 180])
+    # Deliveries still not done this long after the digest was built are marked failed.
+    give_up_hours: Annotated[float, Field(gt=0)] = 72
+    # Permanent failures (5xx) after which a subscriber is marked bounced.
+    bounce_threshold: Annotated[int, Field(ge=1)] = 1
+    # Stop the run after this many consecutive failures of any kind.
+    max_consecutive_errors: Annotated[int, Field(ge=1)] = 50
+
+
+class WebConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # Needed for the editor's pages when host is not loopback (MAILER_WEB_PASSWORD).
+    password: str = Field(default="", repr=False)
+
+
+class ArticlesConfig(_Section):
+    # Lines that are a source's boilerplate (promotional footers). Compared letters and
+    # digits only, case-insensitive, so spacing and punctuation variants all match.
+    boilerplate: list[str] = Field(default_factory=list)
+    # Regular expressions (case-insensitive, whole line) for scraped-page chrome to drop.
+    chrome: list[str] = Field(default_factory=list)
+    # A line matching one of these ends the article; what follows is a block of teasers.
+    related_markers: list[str] = Field(default_factory=list)
+    import_related: bool = True
+    seed_folder: str = "seeds"
+
+    @field_validator("chrome", "related_markers")
+    @classmethod
+    def _valid_regexes(cls, values: list[str]) -> list[str]:
+        for pattern in values:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
+        return values
+
+
+class ThemeConfig(_Section):
+    slug: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    name: str
+    keywords: list[str] = Field(default_factory=list)
+    fallback: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+        frozen=True,
+    )
+
+    database: DatabaseConfig = DatabaseConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    catcher: CatcherConfig = CatcherConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    digest: DigestConfig = DigestConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    web: WebConfig = WebConfig()
+    articles: ArticlesConfig = ArticlesConfig()
+    themes: list[ThemeConfig] = Field(
+        default_factory=lambda: [ThemeConfig(slug="other", name="More news", fallback=True)]
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (the file arrives as init kwargs).
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _themes_consistent(self) -> Settings:
+        slugs = [t.slug for t in self.themes]
+        dupes = sorted({s for s in slugs if slugs.count(s) > 1})
+        if dupes:
+            raise ValueError(f"theme slug {dupes[0]!r} is defined twice")
+        fallbacks = [t.slug for t in self.themes if t.fallback]
+        if len(fallbacks) != 1:
+            raise ValueError(f"exactly one theme needs fallback = true (found {len(fallbacks)})")
+        return self
+
+
+class Config:
+    """Validated settings plus where they came from (to resolve relative paths)."""
+
+    def __init__(self, settings: Settings, path: Path | None) -> None:
+        self.settings = settings
+        self.path = path
+        self.root = path.parent.resolve() if path else Path.cwd()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.settings, name)
+
+    def resolve(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def database_url(self) -> str:
+        url = self.settings.database.url
+        # Relative SQLite paths are relative to the config file, like every other path.
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+            return prefix + str(self.resolve(url[len(prefix) :]))
+        return url
+
+    @property
+    def theme_slugs(self) -> list[str]:
+        return [t.slug for t in self.settings.themes]
+
+    @property
+    def fallback_theme(self) -> str:
+        return next(t.slug for t in self.settings.themes if t.fallback)
+
+    @property
+    def var_dir(self) -> Path:
+        return self.resolve("var")
+
+
+def find_config_path(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("MAILER_CONFIG"):
+        return Path(os.environ["MAILER_CONFIG"])
+    default = Path("config.toml")
+    return default if default.exists() else None
+
+
+def _describe(loc: tuple[Any, ...], source: str) -> str:
+    key = ".".join(str(p) for p in loc)
+    env_name = ENV_PREFIX + "_".join(str(p) for p in loc[:2]).upper()
+    where = f"environment variable {env_name}" if env_name in os.environ else source
+    return f"{where}: {key}" if key else where
+
+
+def load_config(explicit: str | None = None) -> Config:
+    path = find_config_path(explicit)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        raise ConfigError(f"{_describe(tuple(err['loc']), source)}: {msg}") from None
+    return Config(settings, path)

@@ -1,0 +1,331 @@
+"""The digest: choosing articles, building one per schedule slot, rendering it once.
+
+Building is one short transaction: the digest row (unique per slot), the articles
+reserved for it and the frozen audience (one delivery row per active subscriber). The
+HTML (CSS inlined once by premailer) and the text part are stored on the digest, so a
+send resumed after a crash mails exactly what the first attempt mailed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from premailer import Premailer
+from sqlalchemy import func, insert, literal, select, update
+from sqlalchemy.orm import Session
+
+from mailer.config import Config
+from mailer.db import Database
+from mailer.errors import InputError
+from mailer.models import Article, Delivery, Digest, Subscriber, UTCDateTime, utcnow
+from mailer.scheduler import Schedule, Slot
+from mailer.themes import Themes
+
+log = logging.getLogger(__name__)
+
+# Stands in for each recipient's unsubscribe URL in the stored HTML and text; replaced per
+# message (mailer.message). Letters, digits and underscores only, so neither Jinja's
+# escaping nor premailer nor URL handling can alter it.
+UNSUBSCRIBE_PLACEHOLDER = "MAILER_UNSUBSCRIBE_URL_7f3a9c"
+PREVIEW_UNSUBSCRIBE = "/unsubscribe/preview"
+
+
+def lead_of(paragraphs: list[str], max_chars: int) -> str:
+    """About the first paragraph: cut at a word boundary when it is long."""
+    first = paragraphs[0] if paragraphs else ""
+    if len(first) <= max_chars:
+        return first
+    cut = first[:max_chars].rsplit(" ", 1)[0].rstrip(",;:-–— ")
+    return cut + "…"
+
+
+@dataclass
+class Section:
+    slug: str
+    name: str
+    articles: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Content:
+    """Everything the templates need, independent of the recipient."""
+
+    issue: int
+    date: str
+    subject: str
+    preheader: str
+    sections: list[Section]
+    article_count: int
+
+
+def template_environment(cfg: Config) -> Environment:
+    """User templates (config `digest.templates`) first, the packaged ones as fallback."""
+    loaders: list[Any] = []
+    user_dir = cfg.resolve(cfg.digest.templates)
+    if user_dir.is_dir():
+        loaders.append(FileSystemLoader(str(user_dir)))
+    loaders.append(FileSystemLoader(str(resources.files("mailer.default_templates"))))
+    return Environment(
+        loader=ChoiceLoader(loaders),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+class Renderer:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.themes = Themes(cfg.themes)
+        self.env = template_environment(cfg)
+
+    def article_url(self, article: Article) -> str:
+        return article.url or f"{self.cfg.digest.base_url}/articles/{article.id}"
+
+    def content(self, articles: list[Article], issue: int, when: datetime) -> Content:
+        d = self.cfg.digest
+        by_theme: dict[str, Section] = {}
+        for a in sorted(articles, key=lambda a: (self.themes.order(a.theme), a.imported_at, a.id)):
+            slug = a.theme if a.theme in self.themes.by_slug else self.themes.fallback.slug
+            section = by_theme.setdefault(slug, Section(slug, self.themes.name(slug)))
+            section.articles.append(
+                {
+                    "id": a.id,
+                    "title": a.title,
+                    "lead": lead_of(a.paragraphs, d.lead_chars),
+                    "url": self.article_url(a),
+                }
+            )
+        sections = list(by_theme.values())
+        leading = sorted(sections, key=lambda s: -len(s.articles))[:3]
+        local = when.astimezone(Schedule(self.cfg.schedule.cron, self.cfg.schedule.timezone).zone)
+        date = f"{local.day} {local:%B %Y}"
+        subject = d.subject.format(
+            name=d.name, issue=issue, themes=", ".join(s.name for s in leading), date=date
+        )
+        # A header value: never let a newline through, whatever the template produced.
+        subject = " ".join(subject.split())
+        preheader = f"{len(articles)} stories this week: " + "; ".join(
+            s.articles[0]["title"] for s in sections[:3]
+        )
+        return Content(issue, date, subject, preheader, sections, len(articles))
+
+    def _context(self, content: Content, unsubscribe_url: str) -> dict[str, Any]:
+        d = self.cfg.digest
+        return {
+            "c": content,
+            "name": d.name,
+            "language": d.language,
+            "accent": d.accent_color,
+            "footer_text": d.footer_text,
+            "postal_address": d.postal_address,
+            "base_url": d.base_url,
+            "unsubscribe_url": unsubscribe_url,
+        }
+
+    def html(self, content: Content, unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> str:
+        raw = self.env.get_template("digest.html").render(self._context(content, unsubscribe_url))
+        return inline_css(raw)
+
+    def text(self, content: Content, unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> str:
+        return self.env.get_template("digest.txt").render(self._context(content, unsubscribe_url))
+
+
+def inline_css(html: str) -> str:
+    """premailer once per digest. Keep !important in the @media rules it leaves in <style>,
+    never fetch external CSS, and keep cssutils' warnings out of the logs."""
+    return Premailer(
+        html,
+        strip_important=False,
+        allow_network=False,
+        keep_style_tags=True,
+        remove_classes=False,
+        disable_validation=True,
+        cssutils_logging_level=logging.CRITICAL,
+    ).transform()
+
+
+def _unsent(s: Session, limit: int, themes: Themes) -> list[Article]:
+    rows = list(s.scalars(select(Article).where(Article.digest_id.is_(None))))
+    rows.sort(key=lambda a: (themes.order(a.theme), a.imported_at, a.id))
+    if len(rows) <= limit:
+        return rows
+    # Over the maximum: the oldest articles go first, the rest wait for next week.
+    chosen = sorted(rows, key=lambda a: (a.imported_at, a.id))[:limit]
+    keep = {a.id for a in chosen}
+    return [a for a in rows if a.id in keep]
+
+
+@dataclass
+class Preview:
+    subject: str
+    html: str
+    text: str
+    article_count: int
+    issue: int
+
+
+def preview(db: Database, cfg: Config, now: datetime | None = None) -> Preview | None:
+    """What the next digest would be, with no state changed. None when nothing is unsent."""
+    renderer = Renderer(cfg)
+    now = now or utcnow()
+    with db.session() as s:
+        articles = _unsent(s, cfg.digest.max_articles, renderer.themes)
+        issue = (s.scalar(select(func.max(Digest.issue_number))) or 0) + 1
+    if not articles:
+        return None
+    schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
+    upcoming = schedule.next_slots(now, 1)
+    content = renderer.content(articles, issue, upcoming[0].at if upcoming else now)
+    unsubscribe = cfg.digest.base_url + PREVIEW_UNSUBSCRIBE
+    return Preview(
+        content.subject,
+        renderer.html(content, unsubscribe),
+        renderer.text(content, unsubscribe),
+        len(articles),
+        issue,
+    )
+
+
+def build(db: Database, cfg: Config, slot: Slot, record_skip: bool = True) -> Digest | None:
+    """Create the digest for `slot` unless that slot already has one (then None).
+
+    Too few unsent articles: a `skipped` digest records that the slot was handled (so a
+    restart does not reconsider it), or, for a manual send, an InputError says why.
+
+    Two services racing for the same slot are serialised by BEGIN IMMEDIATE and the
+    unique slot_key: the second one finds the row and does nothing.
+    """
+    renderer = Renderer(cfg)
+    with db.session() as s:
+        if s.scalar(select(Digest.id).where(Digest.slot_key == slot.key)) is not None:
+            return None
+        articles = _unsent(s, cfg.digest.max_articles, renderer.themes)
+        if len(articles) < max(cfg.digest.min_articles, 1):
+            note = (
+                f"skipped: {len(articles)} unsent article(s), the minimum is "
+                f"{max(cfg.digest.min_articles, 1)}"
+            )
+            if not record_skip:
+                raise InputError(f"no digest: {note.removeprefix('skipped: ')}")
+            log.info("slot %s: %s", slot.key, note)
+            digest = Digest(slot_key=slot.key, slot_at=slot.at, status="skipped", note=note)
+            s.add(digest)
+            return digest
+        issue = (s.scalar(select(func.max(Digest.issue_number))) or 0) + 1
+        content = renderer.content(articles, issue, slot.at)
+        digest = Digest(
+            slot_key=slot.key,
+            slot_at=slot.at,
+            status="sending",
+            issue_number=issue,
+            subject=content.subject,
+            html=renderer.html(content),
+            text=renderer.text(content),
+        )
+        s.add(digest)
+        s.flush()
+        s.execute(update(Article).where(Article.id.in_([a.id for a in articles])).values(digest_id=digest.id))
+        # Freeze the audience in one statement: fast even for 100,000 subscribers.
+        s.execute(
+            insert(Delivery).from_select(
+                ["digest_id", "subscriber_id", "status", "attempts", "last_reply", "updated_at"],
+                select(
+                    literal(digest.id),
+                    Subscriber.id,
+                    literal("queued"),
+                    literal(0),
+                    literal(""),
+                    literal(utcnow(), UTCDateTime()),
+                )
+                .where(Subscriber.status == "active")
+                .order_by(Subscriber.id),
+            )
+        )
+        log.info("digest #%s built for slot %s: %d articles", issue, slot.key, len(articles))
+        return digest
+
+
+def manual_slot(now: datetime) -> Slot:
+    return Slot(f"manual:{now.strftime('%Y-%m-%dT%H:%M:%S')}", now)
+
+
+def unfinished(db: Database) -> list[Digest]:
+    with db.session() as s:
+        return list(s.scalars(select(Digest).where(Digest.status == "sending").order_by(Digest.id)))
+
+
+def finish(s: Session, digest: Digest, now: datetime) -> None:
+    """The digest has delivered: mark it and its articles sent."""
+    digest.status = "sent"
+    digest.finished_at = now
+    digest.lease_owner = None
+    digest.lease_until = None
+    s.execute(update(Article).where(Article.digest_id == digest.id).values(sent_at=now))
+
+
+@dataclass
+class DigestRow:
+    id: int
+    issue: int | None
+    slot: str
+    status: str
+    subject: str
+    created_at: datetime
+    finished_at: datetime | None
+    note: str
+    articles: int
+    counts: dict[str, int]
+
+
+def list_digests(db: Database, limit: int | None = None) -> list[DigestRow]:
+    with db.session() as s:
+        q = select(Digest).order_by(Digest.id.desc())
+        if limit:
+            q = q.limit(limit)
+        digests = list(s.scalars(q))
+        ids = [d.id for d in digests]
+        counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+        for digest_id, status, n in s.execute(
+            select(Delivery.digest_id, Delivery.status, func.count())
+            .where(Delivery.digest_id.in_(ids))
+            .group_by(Delivery.digest_id, Delivery.status)
+        ):
+            counts[digest_id][status] = n
+        articles = dict(
+            s.execute(
+                select(Article.digest_id, func.count())
+                .where(Article.digest_id.in_(ids))
+                .group_by(Article.digest_id)
+            ).all()
+        )
+    return [
+        DigestRow(
+            d.id,
+            d.issue_number,
+            d.slot_key,
+            d.status,
+            d.subject,
+            d.created_at,
+            d.finished_at,
+            d.note,
+            articles.get(d.id, 0),
+            counts[d.id],
+        )
+        for d in digests
+    ]
+
+
+def get_digest(db: Database, digest_id: int) -> Digest | None:
+    with db.session() as s:
+        return s.get(Digest, digest_id)
+
+
+def give_up_age(cfg: Config) -> timedelta:
+    return timedelta(hours=cfg.delivery.give_up_hours)

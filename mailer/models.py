@@ -1,0 +1,147 @@
+"""Typed SQLAlchemy models: the database is the source of truth for every state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC (SQLite has no zones) and always hands back aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Article(Base):
+    __tablename__ = "articles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(500))
+    # Paragraphs separated by one blank line.
+    body: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(String(2000))
+    source: Mapped[str] = mapped_column(String(500))
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    theme: Mapped[str] = mapped_column(String(64), index=True)
+    # sha256 of the normalised title and body: the de-duplication key.
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    # Set in the transaction that builds a digest: the article is then reserved for it.
+    digest_id: Mapped[int | None] = mapped_column(ForeignKey("digests.id", ondelete="RESTRICT"), index=True)
+    # Set when that digest has finished delivering.
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    digest: Mapped[Digest | None] = relationship(back_populates="articles")
+
+    @property
+    def paragraphs(self) -> list[str]:
+        return [p for p in self.body.split("\n\n") if p.strip()]
+
+    @property
+    def is_sent(self) -> bool:
+        return self.sent_at is not None
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+    __table_args__ = (Index("uq_subscribers_email_lower", func.lower("email"), unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Per-subscriber nonce mixed into unsubscribe tokens; changing it revokes old links.
+    token_nonce: Mapped[str] = mapped_column(String(32))
+    bounce_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Digest(Base):
+    __tablename__ = "digests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The schedule slot as local wall-clock time in the configured zone ("2026-03-02T08:00"),
+    # or "manual:<utc iso>". Unique, so no slot can ever produce two digests, even when a
+    # DST fall-back makes the cron trigger fire twice at the same wall-clock time.
+    slot_key: Mapped[str] = mapped_column(String(64), unique=True)
+    slot_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # sending -> sent; skipped when there were too few articles; failed when given up.
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    issue_number: Mapped[int | None] = mapped_column(Integer, unique=True)
+    subject: Mapped[str] = mapped_column(String(500), default="")
+    # Rendered once at build time (CSS already inlined), so a resumed send is identical.
+    html: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    note: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Which process is delivering it, and until when that claim holds (see delivery.py).
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    articles: Mapped[list[Article]] = relationship(back_populates="digest")
+
+
+class Delivery(Base):
+    """One row per (digest, subscriber): the audience is frozen when the digest is built."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("digest_id", "subscriber_id"),
+        Index("ix_deliveries_digest_status", "digest_id", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"))
+    # Forgetting a subscriber erases their deliveries too.
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    # queued -> sending -> sent | retry (-> sending ...) | failed | skipped
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_reply: Mapped[str] = mapped_column(String(1000), default="")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+DELIVERY_PENDING = ("queued", "sending", "retry")

@@ -1,0 +1,168 @@
+"""`mailer serve`: scheduler, web server and mail catcher in one process.
+
+APScheduler only triggers `tick`: the cron trigger at each slot, once at start-up (to
+catch a slot missed while the service was down) and every minute (to resume unfinished
+digests and retries). Every decision is taken from the database, so a tick that finds
+nothing to do does nothing, and two services against one database cannot send a slot
+twice (see mailer.digest.build and the delivery lease in mailer.delivery).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import timedelta
+from types import FrameType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from waitress.server import create_server
+
+from mailer import campaign
+from mailer.catcher import MailCatcher
+from mailer.config import Config
+from mailer.db import Database
+from mailer.errors import MailerError
+from mailer.models import utcnow
+from mailer.scheduler import Schedule
+from mailer.web import create_app
+
+log = logging.getLogger("mailer.service")
+RESUME_EVERY = timedelta(minutes=1)
+
+
+class Service:
+    def __init__(self, db: Database, cfg: Config) -> None:
+        self.db = db
+        self.cfg = cfg
+        self.stop = threading.Event()
+        self._lock = threading.Lock()  # one tick at a time in this process
+        self.catcher: MailCatcher | None = None
+        self.web = None
+        self.web_thread: threading.Thread | None = None
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1)},
+            timezone=Schedule(cfg.schedule.cron, cfg.schedule.timezone).zone,
+        )
+
+    def tick(self) -> None:
+        if self.stop.is_set() or not self._lock.acquire(blocking=False):
+            return
+        try:
+            campaign.run_due(self.db, self.cfg, utcnow(), self.stop)
+        except MailerError as exc:
+            log.error("%s", exc)
+        except Exception:
+            log.exception("scheduled run failed; it is retried at the next tick")
+        finally:
+            self._lock.release()
+
+    def start(self) -> None:
+        cfg = self.cfg
+        if cfg.catcher.enabled:
+            self.catcher = MailCatcher(cfg.catcher.host, cfg.catcher.port, cfg.resolve(cfg.catcher.folder))
+            self.catcher.start()
+            log.info(
+                "mail catcher on %s:%s, saving to %s",
+                cfg.catcher.host,
+                cfg.catcher.port,
+                cfg.resolve(cfg.catcher.folder),
+            )
+        try:
+            self.web = create_server(
+                create_app(self.db, cfg),
+                host=cfg.web.host,
+                port=cfg.web.port,
+                threads=4,
+                max_request_body_size=64 * 1024,
+                max_request_header_size=16 * 1024,
+                clear_untrusted_proxy_headers=True,
+                ident="mailer",
+            )
+        except OSError as exc:
+            self.shutdown()
+            raise MailerError(
+                f"web server cannot listen on {cfg.web.host}:{cfg.web.port}: {exc.strerror}"
+            ) from None
+        self.web_thread = threading.Thread(target=self.web.run, name="web", daemon=True)
+        self.web_thread.start()
+        schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
+        self.scheduler.add_job(
+            self.tick,
+            schedule.trigger,
+            id="digest",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
+        self.scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=RESUME_EVERY.total_seconds(),
+            id="resume",
+            coalesce=True,
+            max_instances=1,
+        )
+        # Start-up tick: sends a slot missed while we were down (within the grace period).
+        self.scheduler.add_job(self.tick, id="startup")
+        self.scheduler.start()
+
+    @property
+    def port(self) -> int:
+        assert self.web is not None
+        return int(self.web.effective_port)  # type: ignore[attr-defined]
+
+    def shutdown(self) -> None:
+        """Finish the message in flight, then stop everything."""
+        self.stop.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self.web is not None:
+            self.web.close()
+        if self.catcher is not None:
+            self.catcher.stop()
+        self.db.dispose()
+
+
+def serve(db: Database, cfg: Config) -> None:
+    service = Service(db, cfg)
+    done = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info(
+            "%s received: finishing the message in flight, then stopping",
+            signal.Signals(signum).name,
+        )
+        service.stop.set()
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    service.start()
+    schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
+    nxt = schedule.next_slots(utcnow(), 1)
+    base = f"http://{_display_host(cfg.web.host)}:{service.port}"
+    print("mailer is running (Ctrl-C to stop)", flush=True)
+    print(f"  dashboard:    {base}/", flush=True)
+    print(f"  preview:      {base}/preview", flush=True)
+    if cfg.catcher.enabled:
+        print(
+            f"  caught mail:  {base}/mail  (SMTP on {cfg.catcher.host}:{cfg.catcher.port})",
+            flush=True,
+        )
+    if nxt:
+        print(
+            f"  next digest:  {nxt[0].local(cfg.schedule.timezone):%a %Y-%m-%d %H:%M %Z}",
+            flush=True,
+        )
+    print("  send one now: mailer digest send --now", flush=True)
+    done.wait()
+    service.shutdown()
+    log.info("stopped")
+
+
+def _display_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,185 @@
+"""One SMTP connection (smtplib), reused across messages, and how its errors are classified.
+
+TLS always verifies the certificate and the host name (ssl.create_default_context, with an
+optional CA file). Replies are classified so that delivery knows what to do:
+
+* SENT      2xx for the whole transaction;
+* TEMPORARY 4xx, or the connection dropped: retry later, same Message-ID;
+* PERMANENT 5xx about the recipient (550/551/553 ...): record it, never retry;
+* FATAL     authentication, TLS or sender-policy failures (535, 530, 5.7.x on MAIL FROM),
+            or a server that cannot be reached: not the recipient's fault, so the run
+            stops and every delivery stays pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import smtplib
+import ssl
+from dataclasses import dataclass
+
+from mailer.config import SmtpConfig
+from mailer.errors import MailerError
+
+
+class Outcome(enum.Enum):
+    SENT = "sent"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    reply: str
+
+
+class SmtpFatal(MailerError):
+    """The relay refuses us (not one recipient): configuration, credentials, TLS, reachability."""
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return f"{code} {' '.join(text.split())}"[:1000]
+
+
+class SmtpConnection:
+    def __init__(self, cfg: SmtpConfig) -> None:
+        self.cfg = cfg
+        self.conn: smtplib.SMTP | None = None
+
+    def _context(self) -> ssl.SSLContext:
+        try:
+            return ssl.create_default_context(cafile=self.cfg.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise SmtpFatal(f"smtp.ca_file {self.cfg.ca_file!r}: cannot load: {exc}") from None
+
+    def open(self) -> None:
+        """Connect, TLS and log in, or raise SmtpFatal with one clear line."""
+        cfg = self.cfg
+        where = f"{cfg.host}:{cfg.port}"
+        conn: smtplib.SMTP | None = None
+        try:
+            if cfg.security == "ssl":
+                conn = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=self._context())
+            else:
+                conn = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+            conn.ehlo()
+            if cfg.security == "starttls":
+                if not conn.has_extn("starttls"):
+                    raise SmtpFatal(f"SMTP server {where} does not offer STARTTLS")
+                conn.starttls(context=self._context())
+                conn.ehlo()
+            if cfg.username:
+                conn.login(cfg.username, cfg.password)
+        except SmtpFatal:
+            _quietly_close(conn)
+            raise
+        except smtplib.SMTPAuthenticationError as exc:
+            _quietly_close(conn)
+            raise SmtpFatal(
+                f"SMTP login as {cfg.username!r} at {where} refused: {_reply(exc.smtp_code, exc.smtp_error)}"
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            _quietly_close(conn)
+            raise SmtpFatal(
+                f"TLS certificate of {where} not trusted: {exc.verify_message or exc.reason}"
+            ) from None
+        except ssl.SSLError as exc:
+            _quietly_close(conn)
+            raise SmtpFatal(f"TLS with {where} failed: {exc.reason or exc}") from None
+        except smtplib.SMTPException as exc:
+            _quietly_close(conn)
+            raise SmtpFatal(f"SMTP server {where} refused the session: {exc}") from None
+        except OSError as exc:
+            _quietly_close(conn)
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise SmtpFatal(f"SMTP server {where} unreachable: {reason}") from None
+        self.conn = conn
+
+    def send(self, sender: str, recipient: str, data: bytes) -> Result:
+        """One transaction on the open connection. Reconnects once if the server hung up."""
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.open()
+            try:
+                result = self._transaction(sender, recipient, data)
+            except smtplib.SMTPResponseException as exc:
+                # e.g. DATA answered with something other than 354.
+                self._reset()
+                result = _classify(exc.smtp_code, exc.smtp_error, stage="DATA")
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                self.close(polite=False)
+                if attempt == 2:
+                    return Result(Outcome.TEMPORARY, f"connection lost: {exc or type(exc).__name__}")
+                continue
+            if result.reply.startswith("421"):
+                # The server is closing the session; the next message needs a new one.
+                self.close(polite=False)
+            return result
+        raise AssertionError("unreachable")
+
+    def _reset(self) -> None:
+        try:
+            if self.conn is not None:
+                self.conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self.close(polite=False)
+
+    def _transaction(self, sender: str, recipient: str, data: bytes) -> Result:
+        assert self.conn is not None
+        conn = self.conn
+        code, text = conn.mail(sender)
+        if code != 250:
+            self._reset()
+            return _classify(code, text, stage="MAIL FROM")
+        code, text = conn.rcpt(recipient)
+        if code not in (250, 251):
+            self._reset()
+            return _classify(code, text, stage="RCPT TO")
+        code, text = conn.data(data)
+        if code != 250:
+            self._reset()
+            return _classify(code, text, stage="DATA")
+        return Result(Outcome.SENT, _reply(code, text))
+
+    def close(self, polite: bool = True) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        if polite:
+            try:
+                conn.quit()
+                return
+            except (smtplib.SMTPException, OSError):
+                pass
+        _quietly_close(conn)
+
+    def __enter__(self) -> SmtpConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _classify(code: int, text: bytes, stage: str) -> Result:
+    reply = _reply(code, text)
+    if 400 <= code < 500:
+        return Result(Outcome.TEMPORARY, reply)
+    words = reply.split()
+    enhanced = words[1] if len(words) > 1 else ""
+    # Authentication and security policy (5.7.x), or the relay refusing our sender: every
+    # recipient would fail the same way, so it is a configuration problem.
+    if code in (530, 534, 535, 538) or enhanced.startswith("5.7.") or stage == "MAIL FROM":
+        return Result(Outcome.FATAL, f"{stage}: {reply}")
+    return Result(Outcome.PERMANENT, reply)
+
+
+def _quietly_close(conn: smtplib.SMTP | None) -> None:
+    if conn is None:
+        return
+    with contextlib.suppress(OSError):
+        conn.close()
