@@ -1,0 +1,114 @@
+"""Shared fixtures: a config in a temporary folder, a real SQLite file, a real SMTP server."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mailer.cli import cli
+from mailer.config import Config, load_config
+from mailer.db import Database
+from tests.smtp_server import SmtpServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = ROOT / "seeds"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No MAILER_* variable of the developer's shell leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith("MAILER_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+def write_config(folder: Path, smtp_port: int = 2525, **sections: dict[str, Any]) -> Path:
+    """The repository's config.toml with the test's paths and ports, plus overrides.
+
+    `sections` maps a section name to {key: value}; values are written as TOML literals
+    via repr-like quoting (strings, numbers, booleans, lists of strings)."""
+    text = (ROOT / "config.toml").read_text(encoding="utf-8")
+    overrides: dict[str, dict[str, Any]] = {
+        "database": {"url": f"sqlite:///{folder / 'mailer.db'}"},
+        "smtp": {"port": smtp_port},
+        "catcher": {"enabled": False, "folder": str(folder / "mail")},
+        "web": {"port": 0},
+        "articles": {"seed_folder": str(SEEDS)},
+        "digest": {"templates": str(ROOT / "templates")},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    for section, values in overrides.items():
+        for key, value in values.items():
+            text = _set_key(text, section, key, value)
+    path = folder / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _set_key(text: str, section: str, key: str, value: Any) -> str:
+    """Replace `key = ...` inside [section], or add it at the section's top."""
+    header = re.search(rf"^\[{re.escape(section)}\]\s*$", text, re.MULTILINE)
+    if header is None:
+        return text + f"\n[{section}]\n{key} = {_toml(value)}\n"
+    start = header.end()
+    nxt = re.search(r"^\[", text[start:], re.MULTILINE)
+    end = start + nxt.start() if nxt else len(text)
+    body = text[start:end]
+    line = re.compile(rf"^{re.escape(key)}\s*=.*$", re.MULTILINE)
+    if line.search(body):
+        body = line.sub(lambda _m: f"{key} = {_toml(value)}", body, count=1)
+    else:
+        body = f"\n{key} = {_toml(value)}" + body
+    return text[:start] + body + text[end:]
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, smtp_server: SmtpServer) -> Path:
+    return write_config(tmp_path, smtp_port=smtp_server.port)
+
+
+@pytest.fixture
+def cfg(config_path: Path) -> Config:
+    return load_config(str(config_path))
+
+
+@pytest.fixture
+def db(cfg: Config) -> Iterator[Database]:
+    database = Database(cfg.database_url)
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def run_cli(config_path: Path) -> Callable[..., Result]:
+    """Invoke the real CLI in-process against the test config."""
+
+    def run(*args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(cli, ["--config", str(config_path), *args], input=input)
+
+    return run

@@ -1,0 +1,97 @@
+"""A real SMTP server on loopback (aiosmtpd) for tests, which can misbehave on purpose."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+# A rule gets (stage, address) with stage "MAIL", "RCPT" or "DATA" and returns an SMTP
+# reply such as "451 4.3.0 try later" to refuse, or None to accept as usual.
+Rule = Callable[[str, str], str | None]
+
+
+@dataclass
+class Handler:
+    received: list[Received] = field(default_factory=list)
+    rule: Rule | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _reply(self, stage: str, address: str) -> str | None:
+        return self.rule(stage, address) if self.rule else None
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        refusal = self._reply("MAIL", address)
+        if refusal:
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        refusal = self._reply("RCPT", address)
+        if refusal:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        refusal = self._reply("DATA", envelope.rcpt_tos[0] if envelope.rcpt_tos else "")
+        if refusal:
+            return refusal
+        with self.lock:
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
+        return "250 2.0.0 queued"
+
+    def to(self, address: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if address in r.recipients]
+
+
+def free_port() -> int:
+    """A port nobody listens on now (aiosmtpd's readiness check cannot use port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SmtpServer:
+    def __init__(self, **controller_kw: Any) -> None:
+        self.handler = Handler()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port(), **controller_kw)
+
+    def start(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.controller.port)
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
