@@ -15,27 +15,39 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-# Cron numbers days of the week from Sunday = 0 (and 7); APScheduler from Monday = 0.
-_CRON_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-_DAY_TERM = re.compile(r"^(\d)(?:-(\d))?(/\d+)?$")
+# Cron numbers days of the week from Sunday = 0 (and 7); APScheduler from Monday = 0. To
+# avoid any ambiguity the day-of-week field is expanded here, the cron way, into names.
+_DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+_DAY_TERM = re.compile(r"^(\*|\w+)(?:-(\w+))?(?:/(\d+))?$")
+
+
+def _day_number(token: str) -> int:
+    token = token.lower()
+    if token.isdigit() and int(token) <= 7:
+        return int(token) % 7
+    if token[:3] in _DAY_NAMES and len(token) == 3:
+        return _DAY_NAMES.index(token)
+    raise ValueError(f"day of week {token!r} is not 0-7 or a day name")
 
 
 def _day_names(field: str) -> str:
-    """Translate cron day-of-week numbers to names, which APScheduler reads unambiguously."""
-    terms = []
+    """A cron day-of-week field as an explicit list of day names, e.g. "1-5" -> mon..fri."""
+    days: set[int] = set()
     for term in field.split(","):
         m = _DAY_TERM.match(term)
-        if m:
-            first, last, step = m.groups()
-            for digit in (first, last):
-                if digit is not None and int(digit) > 7:
-                    raise ValueError(f"day of week {digit} is out of range 0-7")
-            name = _CRON_DAYS[int(first)]
-            if last is not None:
-                name += "-" + _CRON_DAYS[int(last)]
-            term = name + (step or "")
-        terms.append(term)
-    return ",".join(terms)
+        if not m:
+            raise ValueError(f"day of week {term!r} is not understood")
+        first, last, step = m.groups()
+        if first == "*":
+            lo, hi = 0, 6
+        else:
+            lo = _day_number(first)
+            # 7 is Sunday too, and the natural end of a range such as 1-7.
+            hi = (7 if last == "7" else _day_number(last)) if last else (lo if not step else 6)
+        if hi < lo:
+            raise ValueError(f"day-of-week range {term!r} runs backwards")
+        days.update(d % 7 for d in range(lo, hi + 1, int(step or 1)))
+    return ",".join(_DAY_NAMES[d] for d in sorted(days))
 
 
 def make_trigger(cron: str, timezone: str) -> CronTrigger:
@@ -80,18 +92,26 @@ class Schedule:
     def slots_from(self, start: datetime) -> Iterator[Slot]:
         """Slots at or after `start`, one per local wall-clock time."""
         previous: datetime | None = None
-        now = start.astimezone(self.zone)
+        # Step in UTC: aware-datetime arithmetic in a local zone is wall-clock arithmetic
+        # and would walk back into the first pass of a repeated (fall-back) hour.
+        now = start.astimezone(UTC)
         last_key = None
         while True:
-            fire = self.trigger.get_next_fire_time(previous, now)
+            # previous_fire_time is not passed: APScheduler would restart from it in wall-clock
+            # time and answer the same folded 02:30 again.
+            fire = self.trigger.get_next_fire_time(None, now)
             if fire is None:
                 return
+            if previous is not None and fire <= previous:
+                # The trigger answered with a wall-clock time we already passed (a DST fold).
+                now += timedelta(hours=1)
+                continue
             slot = self._slot(fire)
             if slot.key != last_key:  # the second 02:30 of a fall-back night is not a new slot
                 yield slot
             last_key = slot.key
             previous = fire
-            now = fire + timedelta(seconds=1)
+            now = fire.astimezone(UTC) + timedelta(seconds=1)
 
     def next_slots(self, after: datetime, count: int) -> list[Slot]:
         out: list[Slot] = []

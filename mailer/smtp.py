@@ -132,15 +132,15 @@ class SmtpConnection:
     def _transaction(self, sender: str, recipient: str, data: bytes) -> Result:
         assert self.conn is not None
         conn = self.conn
-        code, text = conn.mail(sender)
+        code, text = _check(conn.mail(sender))
         if code != 250:
             self._reset()
             return _classify(code, text, stage="MAIL FROM")
-        code, text = conn.rcpt(recipient)
+        code, text = _check(conn.rcpt(recipient))
         if code not in (250, 251):
             self._reset()
             return _classify(code, text, stage="RCPT TO")
-        code, text = conn.data(data)
+        code, text = _check(conn.data(data))
         if code != 250:
             self._reset()
             return _classify(code, text, stage="DATA")
@@ -163,6 +163,13 @@ class SmtpConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check(reply: tuple[int, bytes]) -> tuple[int, bytes]:
+    """smtplib reports a reply it could not read (the peer hung up mid-line) as code -1."""
+    if not 200 <= reply[0] < 600:
+        raise smtplib.SMTPServerDisconnected(f"unreadable reply {reply!r}")
+    return reply
 
 
 def _classify(code: int, text: bytes, stage: str) -> Result:

@@ -24,7 +24,7 @@ SEEDS = ROOT / "seeds"
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No MAILER_* variable of the developer's shell leaks into a test."""
     for key in list(os.environ):
-        if key.startswith("MAILER_"):
+        if key.upper().startswith("MAILER_"):
             monkeypatch.delenv(key)
 
 
@@ -78,7 +78,8 @@ def _set_key(text: str, section: str, key: str, value: Any) -> str:
     nxt = re.search(r"^\[", text[start:], re.MULTILINE)
     end = start + nxt.start() if nxt else len(text)
     body = text[start:end]
-    line = re.compile(rf"^{re.escape(key)}\s*=.*$", re.MULTILINE)
+    # A value runs to the end of its line, or to the closing bracket of a multi-line array.
+    line = re.compile(rf"^{re.escape(key)}\s*=\s*(?:\[[^\]]*\]|.*)$", re.MULTILINE)
     if line.search(body):
         body = line.sub(lambda _m: f"{key} = {_toml(value)}", body, count=1)
     else:
@@ -112,3 +113,23 @@ def run_cli(config_path: Path) -> Callable[..., Result]:
         return CliRunner().invoke(cli, ["--config", str(config_path), *args], input=input)
 
     return run
+
+
+SUBSCRIBERS = [
+    ("ada@example.com", "Ada Lovelace"),
+    ("grace@example.com", "Grace Hopper"),
+    ("zoe@example.com", "Zoë “Z” Müller"),
+]
+
+
+@pytest.fixture
+def seeded(db: Database, cfg: Config) -> Database:
+    """The sample articles imported and three active subscribers."""
+    from mailer.articles import ArticleStore
+    from mailer.subscribers import SubscriberStore
+
+    ArticleStore(db, cfg).import_paths([str(SEEDS)])
+    store = SubscriberStore(db)
+    for email, name in SUBSCRIBERS:
+        store.add(email, name)
+    return db

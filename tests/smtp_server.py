@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -26,7 +27,9 @@ class Received:
 
 
 # A rule gets (stage, address) with stage "MAIL", "RCPT" or "DATA" and returns an SMTP
-# reply such as "451 4.3.0 try later" to refuse, or None to accept as usual.
+# reply such as "451 4.3.0 try later" to refuse, None to accept as usual, or DROP to
+# hang up on the client without a reply.
+DROP = "DROP"
 Rule = Callable[[str, str], str | None]
 
 
@@ -34,6 +37,7 @@ Rule = Callable[[str, str], str | None]
 class Handler:
     received: list[Received] = field(default_factory=list)
     rule: Rule | None = None
+    delay: float = 0.0  # seconds to wait before accepting each message
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _reply(self, stage: str, address: str) -> str | None:
@@ -90,7 +94,8 @@ class SmtpServer:
         return int(self.controller.port)
 
     def stop(self) -> None:
-        self.controller.stop()
+        if self.controller.server is not None:
+            self.controller.stop()
 
     @property
     def received(self) -> list[Received]:
