@@ -79,7 +79,7 @@ def _set_key(text: str, section: str, key: str, value: Any) -> str:
     end = start + nxt.start() if nxt else len(text)
     body = text[start:end]
     # A value runs to the end of its line, or to the closing bracket of a multi-line array.
-    line = re.compile(rf"^{re.escape(key)}\s*=\s*(?:\[[^\]]*\]|.*)$", re.MULTILINE)
+    line = re.compile(rf"^{re.escape(key)}\s*=\s*(?:\[[ \t]*\n(?:.*\n)*?\][ \t]*|.*)$", re.MULTILINE)
     if line.search(body):
         body = line.sub(lambda _m: f"{key} = {_toml(value)}", body, count=1)
     else:
