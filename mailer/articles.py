@@ -8,13 +8,22 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mailer.config import Config
 from mailer.db import Database
 from mailer.errors import InputError, NotFound
 from mailer.models import Article, utcnow
-from mailer.parsing import Cleaner, ParsedArticle, clean_line, decode, fingerprint
+from mailer.parsing import (
+    MAX_TITLE_CHARS,
+    Cleaner,
+    ParsedArticle,
+    clean_line,
+    decode,
+    fingerprint,
+    paragraphs_of,
+)
 from mailer.themes import Themes
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -52,7 +61,11 @@ def check_url(url: str | None) -> str | None:
         return None
     url = url.strip()
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in url):
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or any(c.isspace() or not c.isprintable() for c in url)
+    ):
         raise InputError(f"--url {url!r}: only absolute http:// or https:// URLs are allowed")
     return url
 
@@ -88,12 +101,20 @@ class ArticleStore:
         if not parsed.articles:
             report.skipped.append("no article found")
             return report
-        with self.db.session() as s:
-            for item in parsed.articles:
-                if self._insert(s, item, source=item.source_note or path.name) is None:
-                    report.duplicates += 1
-                else:
-                    report.added += 1
+        added = duplicates = 0
+        try:
+            with self.db.session() as s:
+                for item in parsed.articles:
+                    if self._insert(s, item, source=item.source_note or path.name) is None:
+                        duplicates += 1
+                    else:
+                        added += 1
+        except SQLAlchemyError as exc:
+            # The transaction was rolled back: nothing of this file is stored.
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            report.error = f"database: {reason}; nothing from this file was imported"
+            return report
+        report.added, report.duplicates = added, duplicates
         return report
 
     def _insert(
@@ -134,8 +155,9 @@ class ArticleStore:
         title = clean_line(title)
         if not title:
             raise InputError("--title is empty")
-        paragraphs = [clean_line(p) for p in body.replace("\r\n", "\n").split("\n\n")]
-        paragraphs = [p for p in paragraphs if p]
+        if len(title) > MAX_TITLE_CHARS:
+            raise InputError(f"--title is longer than {MAX_TITLE_CHARS} characters")
+        paragraphs = paragraphs_of(body, self.cleaner)
         if not paragraphs:
             raise InputError("the article body is empty")
         if theme is not None:
@@ -185,7 +207,8 @@ class ArticleStore:
                 raise NotFound(f"article #{article_id} does not exist")
             if article.digest_id is not None:
                 raise InputError(
-                    f"article #{article_id} is in digest #{article.digest_id}; only unsent ones can be removed"
+                    f"article #{article_id} is in digest #{article.digest_id}; "
+                    "only unsent ones can be removed"
                 )
             s.delete(article)
             return article

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 import threading
 import webbrowser
@@ -199,6 +200,10 @@ def articles_import(app: App, paths: tuple[str, ...], as_json: bool) -> None:
     reports = ArticleStore(app.db, app.cfg).import_paths(list(paths))
     if as_json:
         _json([r.as_dict() for r in reports])
+        # The JSON carries the errors too; stderr still gets its one line per bad file.
+        for r in reports:
+            if r.error:
+                click.echo(f"{r.path}: error: {r.error}", err=True)
     else:
         for r in reports:
             if r.error:
@@ -416,6 +421,14 @@ def digest_send(app: App, now_flag: bool, to: str | None) -> None:
         click.echo(f"test copy of {p.subject!r} sent to {address}: {reply}")
         return
     stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        # Finish and record the message in flight, then stop: no duplicates on restart.
+        click.echo(f"{signal.Signals(signum).name}: stopping after the message in flight", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     with progress.reporter(app.db) as on_progress:
         summaries = campaign.send_now(app.db, cfg, utcnow(), stop, on_progress)
     failed = False

@@ -7,15 +7,16 @@ error into one line that names the key and where it came from.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from mailer.errors import ConfigError
 
@@ -44,7 +45,7 @@ class SmtpConfig(_Section):
     # Domain used in Message-IDs; defaults to the domain of from_address.
     message_id_domain: str = ""
     connections: Annotated[int, Field(ge=1, le=64)] = 4
-    max_per_second: Annotated[float, Field(ge=0)] = 0
+    max_per_second: Annotated[int, Field(ge=0)] = 0
     max_per_hour: Annotated[int, Field(ge=0)] = 0
 
 
@@ -100,7 +101,7 @@ class DigestConfig(_Section):
     def _valid_subject(cls, value: str) -> str:
         try:
             value.format(**_SUBJECT_FIELDS)
-        except (KeyError, IndexError, ValueError) as exc:
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
             raise ValueError(
                 f"bad subject template {value!r}: use only {{name}}, {{issue}}, {{themes}}, {{date}}"
             ) from exc
@@ -129,7 +130,7 @@ class DigestConfig(_Section):
 
 class DeliveryConfig(_Section):
     # Delays before the 1st, 2nd, ... retry of a temporary failure; the last one repeats.
-    retry_minutes: list[Annotated[float, Field(gt=0)]] = Field(default=[1, 5, 15, 60, 180])
+    retry_minutes: list[Annotated[float, Field(gt=0)]] = Field(default=[1, 5, 15, 60, 180], min_length=1)
     # Deliveries still not done this long after the digest was built are marked failed.
     give_up_hours: Annotated[float, Field(gt=0)] = 72
     # Permanent failures (5xx) after which a subscriber is marked bounced.
@@ -207,16 +208,18 @@ class Settings(BaseSettings):
         # The environment overrides the file (the file arrives as init kwargs).
         return (env_settings, init_settings)
 
-    @model_validator(mode="after")
-    def _themes_consistent(self) -> Settings:
-        slugs = [t.slug for t in self.themes]
+    # A field validator (not a model validator) so the error names the key: `themes`.
+    @field_validator("themes")
+    @classmethod
+    def _themes_consistent(cls, themes: list[ThemeConfig]) -> list[ThemeConfig]:
+        slugs = [t.slug for t in themes]
         dupes = sorted({s for s in slugs if slugs.count(s) > 1})
         if dupes:
             raise ValueError(f"theme slug {dupes[0]!r} is defined twice")
-        fallbacks = [t.slug for t in self.themes if t.fallback]
+        fallbacks = [t.slug for t in themes if t.fallback]
         if len(fallbacks) != 1:
             raise ValueError(f"exactly one theme needs fallback = true (found {len(fallbacks)})")
-        return self
+        return themes
 
 
 class Config:
@@ -266,11 +269,47 @@ def find_config_path(explicit: str | None) -> Path | None:
     return default if default.exists() else None
 
 
+def _env_names(prefix: str) -> list[str]:
+    """The MAILER_* variables set in the environment that are `prefix` or inside it
+    (pydantic-settings reads them case-insensitively, so this does too)."""
+    prefix = prefix.upper()
+    return sorted(k for k in os.environ if k.upper() == prefix or k.upper().startswith(prefix + "_"))
+
+
 def _describe(loc: tuple[Any, ...], source: str) -> str:
     key = ".".join(str(p) for p in loc)
     env_name = ENV_PREFIX + "_".join(str(p) for p in loc[:2]).upper()
-    where = f"environment variable {env_name}" if env_name in os.environ else source
+    exact = [k for k in os.environ if k.upper() == env_name]
+    if exact:
+        where = f"environment variable {exact[0]}"
+    elif len(loc) == 1 and _env_names(env_name):
+        # A section-level check (min_articles > max_articles) fed by a variable.
+        where = f"{source} with environment variable {', '.join(_env_names(env_name))}"
+    else:
+        where = source
     return f"{where}: {key}" if key else where
+
+
+def _json_env_culprit(exc: SettingsError) -> str:
+    """pydantic-settings reads list and table values from the environment as JSON and
+    fails with only the section's name: find the variable that is not valid JSON."""
+    m = re.search(r'field "(\w+)"', str(exc))
+    field = m.group(1) if m else ""
+    reason = str(exc.__cause__ or exc).splitlines()[0]
+    section = ENV_PREFIX + field.upper()
+    model = Settings.model_fields[field].annotation if field in Settings.model_fields else None
+    for name in _env_names(section):
+        sub = name.upper()[len(section) + 1 :].lower()
+        if sub:
+            inner = getattr(model, "model_fields", {}).get(sub)
+            if inner is None or get_origin(inner.annotation) not in (list, dict):
+                continue
+        try:
+            json.loads(os.environ[name])
+        except ValueError:
+            key = f"{field}.{sub}" if sub else field
+            return f"environment variable {name}: {key}: not valid JSON ({reason})"
+    return f"environment variable {section}: {field}: {reason}"
 
 
 def load_config(explicit: str | None = None) -> Config:
@@ -290,6 +329,8 @@ def load_config(explicit: str | None = None) -> Config:
             raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
         settings = Settings(**data)
+    except SettingsError as exc:
+        raise ConfigError(_json_env_culprit(exc)) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         msg = err["msg"]

@@ -1,54 +1,74 @@
-"""Delivering a digest: the per-(digest, subscriber) state machine.
+"""Delivering a digest: the per-(digest, subscriber) state machine and the send engine.
 
     queued ──claim──▶ sending ──250──▶ sent
-                         │ ├──4xx / dropped──▶ retry (next_attempt_at) ──due──▶ sending
-                         │ ├──5xx──▶ failed (subscriber's bounce count +1)
-                         │ └──fatal (auth/TLS/unreachable)──▶ queued, run stops
-    queued/retry ──subscriber no longer active──▶ skipped
+      ▲                  │ ├──4xx / dropped twice──▶ retry (next_attempt_at) ──due──▶ sending
+      │                  │ ├──5xx──▶ failed (subscriber's bounce count +1)
+      └──fatal / stop────┘ └──subscriber no longer active──▶ skipped
+    queued/retry ──subscriber unsubscribes──▶ skipped
+
+The engine: `smtp.connections` worker threads, each with its own reused SMTP connection,
+take claimed recipients from a queue; one coordinator thread does all the database work
+(claiming batches, recording results) so SQLite sees one writer and group commits.
 
 Why this gives the crash bounds:
-* A row is set to `sending` (committed) before its message is handed to the server and to
-  `sent` (committed) right after the server's 250. Whatever instant a process dies at,
-  the only rows whose fate is unknown are those in `sending`: at most the messages in
-  flight. A restart puts them back in the queue, so each may be delivered twice (at most
-  one duplicate per message in flight) and nothing is ever lost.
-* SIGTERM/Ctrl-C set a stop flag checked between messages: the message in flight finishes
-  and is recorded, then the run ends with no `sending` rows, so a restart duplicates none.
-* Only one process delivers a digest at a time: it holds a lease on the digest row
-  (owner + expiry, renewed while it works). A second service waits until the lease
-  expires or its owner's pid is gone; only then are stale `sending` rows re-queued.
-* The unsubscribe path marks the subscriber's queued/retry rows `skipped`, and each row is
-  re-read immediately before its message is sent, so nobody is mailed after they stopped.
+* Rows are claimed (set to `sending`) in batches before their messages are handed to
+  workers. A worker that gets a 250 hands the result to the coordinator and *waits until
+  it is committed* before it sends its next message. So at any instant at most one
+  message per connection has been accepted by the server without being recorded.
+* After a crash, rows left in `sending` go back to the queue (when the next run takes the
+  lease). Of those, only the ones accepted-but-unrecorded were really delivered, so a
+  crash duplicates at most `smtp.connections` messages, and loses none.
+* SIGTERM/Ctrl-C set a stop flag: each worker finishes and records the message it is
+  sending, unsent claimed rows are put back to `queued`, and the run ends with no
+  `sending` rows: a restart duplicates nothing.
+* Only one process delivers a digest at a time: it holds a lease on the digest row (owner
+  + expiry, renewed while it works). Another process waits until the lease expires or its
+  owner's pid is gone; only then are stale `sending` rows re-queued.
+* Unsubscribing marks queued/retry rows `skipped`, and every worker re-reads the
+  subscriber's status just before sending, so nobody is mailed after they stopped, even
+  when their row was already claimed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
+import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
+from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerSecond, storage, strategies
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from mailer import digest as digests
 from mailer.config import Config
-from mailer.db import Database
+from mailer.db import BUSY_TIMEOUT_MS, Database
 from mailer.message import MessageTemplate, Recipient
 from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber, utcnow
-from mailer.smtp import Outcome, SmtpConnection, SmtpFatal
+from mailer.smtp import Outcome, Result, SmtpConnection, SmtpFatal
 from mailer.subscribers import set_status
 from mailer.tokens import Tokens, load_secret
 
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=60)
-CLAIM_BATCH = 50
+CLAIM_BATCH = 500
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+# Digests being delivered by this process (the lease identifies the process, so two
+# threads of one process are kept apart here).
+_ACTIVE: set[int] = set()
+_ACTIVE_LOCK = threading.Lock()
+# A digest whose run stopped on a relay-wide problem is retried after these delays.
+RUN_BACKOFF_MINUTES = [1, 2, 5, 10, 30]
 
 
 @dataclass
@@ -61,6 +81,7 @@ class RunSummary:
     skipped: int = 0
     finished: bool = False
     busy: bool = False
+    waiting: bool = False
     stopped: str = ""
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -89,7 +110,7 @@ def _acquire(s: Session, d: Digest, now: datetime) -> bool:
         return False
     if owner != OWNER:
         # Whoever had it is gone: what it had in flight may or may not have gone out, so
-        # it goes back in the queue (at most one duplicate per message in flight).
+        # it goes back in the queue (at most one duplicate per connection it had).
         s.execute(
             update(Delivery)
             .where(Delivery.digest_id == d.id, Delivery.status == "sending")
@@ -107,8 +128,70 @@ def counts(s: Session, digest_id: int) -> dict[str, int]:
     return dict(rows.all())
 
 
+class RateLimiter:
+    """smtp.max_per_second / max_per_hour, shared by every connection of this process."""
+
+    def __init__(self, per_second: int, per_hour: int) -> None:
+        self.items: list[RateLimitItem] = []
+        if per_second:
+            self.items.append(RateLimitItemPerSecond(per_second))
+        if per_hour:
+            self.items.append(RateLimitItemPerHour(per_hour))
+        self.limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+        self.lock = threading.Lock()
+
+    def acquire(self, halt: threading.Event) -> bool:
+        """Block until a message may go out; False if the run is halted meanwhile."""
+        while self.items:
+            with self.lock:
+                over = [item for item in self.items if not self.limiter.test(item, "smtp")]
+                if not over:
+                    for item in self.items:
+                        self.limiter.hit(item, "smtp")
+                    return True
+                reset = max(self.limiter.get_window_stats(item, "smtp").reset_time for item in over)
+            if halt.wait(min(max(reset - time.time(), 0.001), 1.0)):
+                return False
+        return not halt.is_set()
+
+
+@dataclass
+class _Job:
+    delivery_id: int
+    attempts: int
+    recipient: Recipient
+
+
+@dataclass
+class _Done:
+    job: _Job
+    result: Result
+    committed: threading.Event
+
+
+class _StatusReader:
+    """A plain read-only SQLite connection per worker: re-reads a subscriber's status just
+    before sending without taking the write lock (WAL readers never block)."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self.conn: sqlite3.Connection | None = None
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
+            self.conn = sqlite3.connect(parsed.database, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+
+    def active(self, subscriber_id: int) -> bool:
+        if self.conn is None:
+            return True
+        row = self.conn.execute("SELECT status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+        return row is not None and row[0] == "active"
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
 class Deliverer:
-    """Delivers one digest over one reused SMTP connection."""
+    """Delivers one digest over `smtp.connections` reused SMTP connections."""
 
     def __init__(
         self,
@@ -116,33 +199,280 @@ class Deliverer:
         cfg: Config,
         stop: threading.Event | None = None,
         on_progress: Callable[[RunSummary, int], None] | None = None,
+        ignore_backoff: bool = False,
     ) -> None:
         self.db = db
         self.cfg = cfg
         self.stop = stop or threading.Event()
         self.on_progress = on_progress
+        self.ignore_backoff = ignore_backoff
         self.tokens = Tokens(load_secret(cfg.var_dir))
+        self.limiter = RateLimiter(cfg.smtp.max_per_second, cfg.smtp.max_per_hour)
+
+    # ------------------------------------------------------------------ the run
 
     def run(self, digest_id: int) -> RunSummary:
+        with _ACTIVE_LOCK:
+            if digest_id in _ACTIVE:
+                return RunSummary(digest_id, busy=True)
+            _ACTIVE.add(digest_id)
+        try:
+            return self._run(digest_id)
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(digest_id)
+
+    def _run(self, digest_id: int) -> RunSummary:
         now = utcnow()
         with self.db.session() as s:
             d = s.get(Digest, digest_id)
             if d is None or d.status != "sending":
-                summary = RunSummary(digest_id, d.issue_number if d else None, finished=True)
-                return summary
+                return RunSummary(digest_id, d.issue_number if d else None, finished=True)
             summary = RunSummary(digest_id, d.issue_number)
+            if not self.ignore_backoff and d.next_run_at and d.next_run_at > now:
+                summary.waiting = True
+                summary.stopped = d.last_error
+                return summary
             if not _acquire(s, d, now):
                 summary.busy = True
                 return summary
             if now - d.created_at > digests.give_up_age(self.cfg):
                 self._give_up(s, d, now)
             template = MessageTemplate(self.cfg, d.id, d.subject, d.html, d.text)
+        halt = threading.Event()  # a relay-wide problem: every worker stops
         try:
-            with SmtpConnection(self.cfg.smtp) as smtp:
-                self._loop(template, smtp, summary)
+            self._coordinate(template, summary, halt)
         finally:
             self._release(summary)
         return summary
+
+    def _coordinate(self, template: MessageTemplate, summary: RunSummary, halt: threading.Event) -> None:
+        jobs: queue.Queue[_Job | None] = queue.Queue()
+        done: queue.Queue[_Done] = queue.Queue()
+        workers = [
+            threading.Thread(target=self._work, args=(template, jobs, done, halt, summary), daemon=True)
+            for _ in range(self.cfg.smtp.connections)
+        ]
+        for w in workers:
+            w.start()
+        queued = 0  # claimed rows handed to the jobs queue and not yet finished
+        more = True
+        consecutive = [0]
+        try:
+            while True:
+                if self.stop.is_set():
+                    halt.set()  # SIGTERM/Ctrl-C: finish the messages in flight, then stop
+                stopping = halt.is_set()
+                if more and not stopping and queued < CLAIM_BATCH // 2:
+                    batch = self._claim(summary)
+                    more = len(batch) > 0
+                    for job in batch:
+                        jobs.put(job)
+                    queued += len(batch)
+                if queued == 0 and (not more or stopping):
+                    break
+                try:
+                    first = done.get(timeout=0.05)
+                except queue.Empty:
+                    if all(not w.is_alive() for w in workers):
+                        break
+                    continue
+                results = [first]
+                while True:
+                    try:
+                        results.append(done.get_nowait())
+                    except queue.Empty:
+                        break
+                self._record_or_release(results, summary, halt, consecutive)
+                queued -= len(results)
+        finally:
+            halt.set()  # also wakes workers blocked in the rate limiter
+            for _ in workers:
+                jobs.put(None)
+            # Keep recording until every worker is out: each one waits for its last result.
+            while any(w.is_alive() for w in workers) or not done.empty():
+                try:
+                    results = [done.get(timeout=0.05)]
+                except queue.Empty:
+                    continue
+                self._record_or_release(results, summary, halt, consecutive)
+            for w in workers:
+                w.join()
+            # Whatever was claimed but never handed to the server goes back in the queue.
+            leftover = []
+            while True:
+                try:
+                    item = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    leftover.append(item.delivery_id)
+            self._requeue(leftover)
+
+    def _record_or_release(
+        self, results: list[_Done], summary: RunSummary, halt: threading.Event, consecutive: list[int]
+    ) -> None:
+        try:
+            self._record(results, summary, halt, consecutive)
+        finally:
+            for item in results:
+                item.committed.set()  # never leave a worker waiting, even if recording failed
+
+    def _work(
+        self,
+        template: MessageTemplate,
+        jobs: queue.Queue[_Job | None],
+        done: queue.Queue[_Done],
+        halt: threading.Event,
+        summary: RunSummary,
+    ) -> None:
+        reader = _StatusReader(self.db.url)
+        smtp = SmtpConnection(self.cfg.smtp)
+        sender = self.cfg.smtp.from_address
+        try:
+            while not halt.is_set():
+                job = jobs.get()
+                if job is None:
+                    return
+                if not self.limiter.acquire(halt):
+                    jobs.put(job)  # never sent: the coordinator puts it back in the queue
+                    return
+                try:
+                    if reader.active(job.recipient.subscriber_id):
+                        result = smtp.send(sender, job.recipient.email, template.render(job.recipient))
+                    else:
+                        result = Result(Outcome.SKIPPED, "subscriber no longer active")
+                except SmtpFatal as exc:
+                    result = Result(Outcome.FATAL, str(exc))
+                except Exception as exc:  # a bug must stop the run, not hang it
+                    log.exception("delivery worker failed")
+                    result = Result(Outcome.FATAL, f"internal error: {exc!r}")
+                committed = threading.Event()
+                done.put(_Done(job, result, committed))
+                # Wait for the record before the next message: this is what bounds the
+                # duplicates after a crash to one message per connection.
+                committed.wait()
+                if result.outcome is Outcome.FATAL:
+                    return
+        finally:
+            smtp.close()
+            reader.close()
+
+    # ------------------------------------------------------------------ database work
+
+    def _claim(self, summary: RunSummary) -> list[_Job]:
+        now = utcnow()
+        with self.db.session() as s:
+            d = s.get(Digest, summary.digest_id)
+            assert d is not None
+            if d.lease_owner != OWNER:
+                raise SmtpFatal("another process took over the delivery of this digest")
+            d.lease_until = now + LEASE
+            due = or_(
+                Delivery.status == "queued",
+                and_(Delivery.status == "retry", Delivery.next_attempt_at <= now),
+            )
+            rows = s.execute(
+                select(
+                    Delivery.id,
+                    Delivery.attempts,
+                    Subscriber.id,
+                    Subscriber.email,
+                    Subscriber.name,
+                    Subscriber.status,
+                    Subscriber.token_nonce,
+                )
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(Delivery.digest_id == summary.digest_id, due)
+                .order_by(Delivery.id)
+                .limit(CLAIM_BATCH)
+            ).all()
+            jobs, inactive = [], []
+            for delivery_id, attempts, sub_id, email, name, status, nonce in rows:
+                if status != "active":
+                    inactive.append(delivery_id)
+                    continue
+                url = unsubscribe_url(self.cfg, self.tokens, sub_id, nonce)
+                jobs.append(_Job(delivery_id, attempts + 1, Recipient(sub_id, email, name, url)))
+            if inactive:
+                s.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(inactive))
+                    .values(status="skipped", last_reply="subscriber no longer active", updated_at=now)
+                )
+                summary.skipped += len(inactive)
+            if jobs:
+                s.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_([j.delivery_id for j in jobs]))
+                    .values(status="sending", attempts=Delivery.attempts + 1, updated_at=now)
+                )
+            return jobs
+
+    def _record(
+        self, results: list[_Done], summary: RunSummary, halt: threading.Event, consecutive: list[int]
+    ) -> None:
+        """One transaction for a group of results, then release the waiting workers."""
+        now = utcnow()
+        delays = self.cfg.delivery.retry_minutes
+        rows: list[dict[str, Any]] = []
+        bounced: list[int] = []
+        fatal: list[str] = []
+        for item in results:
+            job, result = item.job, item.result
+            row: dict[str, Any] = {"id": job.delivery_id, "last_reply": result.reply, "updated_at": now}
+            if result.outcome is Outcome.SENT:
+                row.update(status="sent", sent_at=now)
+                summary.sent += 1
+                consecutive[0] = 0
+            elif result.outcome is Outcome.SKIPPED:
+                row.update(status="skipped")
+                summary.skipped += 1
+            elif result.outcome is Outcome.FATAL:
+                # Not the recipient's fault: back in the queue, attempt not counted.
+                row.update(status="queued", attempts=job.attempts - 1)
+                fatal.append(result.reply)
+            elif result.outcome is Outcome.TEMPORARY:
+                delay = delays[min(job.attempts, len(delays)) - 1]
+                row.update(status="retry", next_attempt_at=now + timedelta(minutes=delay))
+                summary.retry += 1
+                consecutive[0] += 1
+            else:
+                row.update(status="failed")
+                bounced.append(job.recipient.subscriber_id)
+                summary.failed += 1
+                consecutive[0] += 1
+            rows.append(row)
+        with self.db.session() as s:
+            s.execute(update(Delivery), rows)
+            for sub_id in bounced:
+                sub = s.get(Subscriber, sub_id)
+                if sub is None:
+                    continue
+                sub.bounce_count += 1
+                if sub.bounce_count >= self.cfg.delivery.bounce_threshold and sub.status == "active":
+                    set_status(s, sub, "bounced")
+        if fatal and not summary.stopped:
+            summary.stopped = fatal[0]
+            halt.set()
+        limit = self.cfg.delivery.max_consecutive_errors
+        if consecutive[0] >= limit and not summary.stopped:
+            summary.stopped = (
+                f"paused after {consecutive[0]} consecutive failures; last reply: {results[-1].result.reply}"
+            )
+            halt.set()
+        if self.on_progress:
+            self.on_progress(summary, len(results))
+
+    def _requeue(self, delivery_ids: list[int]) -> None:
+        if not delivery_ids:
+            return
+        with self.db.session() as s:
+            s.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(delivery_ids), Delivery.status == "sending")
+                .values(status="queued", attempts=Delivery.attempts - 1, updated_at=utcnow())
+            )
 
     def _give_up(self, s: Session, d: Digest, now: datetime) -> None:
         hours = self.cfg.delivery.give_up_hours
@@ -152,132 +482,6 @@ class Deliverer:
             .values(status="failed", last_reply=f"gave up after {hours:g} hours", updated_at=now)
         )
 
-    def _claim(self, digest_id: int) -> list[tuple[int, Recipient]]:
-        now = utcnow()
-        with self.db.session() as s:
-            d = s.get(Digest, digest_id)
-            assert d is not None
-            if d.lease_owner != OWNER:
-                raise SmtpFatal("lost the delivery lease to another process")
-            d.lease_until = now + LEASE
-            due = or_(
-                Delivery.status == "queued",
-                and_(Delivery.status == "retry", Delivery.next_attempt_at <= now),
-            )
-            rows = s.execute(
-                select(
-                    Delivery.id,
-                    Subscriber.id,
-                    Subscriber.email,
-                    Subscriber.name,
-                    Subscriber.status,
-                    Subscriber.token_nonce,
-                )
-                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .where(Delivery.digest_id == digest_id, due)
-                .order_by(Delivery.id)
-                .limit(CLAIM_BATCH)
-            ).all()
-            claimed, inactive = [], []
-            for delivery_id, sub_id, email, name, status, nonce in rows:
-                if status != "active":
-                    inactive.append(delivery_id)
-                    continue
-                url = unsubscribe_url(self.cfg, self.tokens, sub_id, nonce)
-                claimed.append((delivery_id, Recipient(sub_id, email, name, url)))
-            if inactive:
-                s.execute(
-                    update(Delivery)
-                    .where(Delivery.id.in_(inactive))
-                    .values(status="skipped", last_reply="subscriber no longer active", updated_at=now)
-                )
-            return claimed
-
-    def _loop(self, template: MessageTemplate, smtp: SmtpConnection, summary: RunSummary) -> None:
-        consecutive_errors = 0
-        limit = self.cfg.delivery.max_consecutive_errors
-        sender = self.cfg.smtp.from_address
-        while not self.stop.is_set():
-            batch = self._claim(summary.digest_id)
-            if not batch:
-                break
-            for delivery_id, rcpt in batch:
-                if self.stop.is_set():
-                    return
-                if not self._mark_sending(delivery_id):
-                    summary.skipped += 1
-                    continue
-                try:
-                    result = smtp.send(sender, rcpt.email, template.render(rcpt))
-                except SmtpFatal as exc:
-                    self._requeue(delivery_id)
-                    summary.stopped = str(exc)
-                    return
-                if result.outcome is Outcome.FATAL:
-                    self._requeue(delivery_id)
-                    summary.stopped = f"SMTP server refused the run: {result.reply}"
-                    return
-                self._record(delivery_id, rcpt.subscriber_id, result.outcome, result.reply)
-                if result.outcome is Outcome.SENT:
-                    summary.sent += 1
-                    consecutive_errors = 0
-                else:
-                    if result.outcome is Outcome.TEMPORARY:
-                        summary.retry += 1
-                    else:
-                        summary.failed += 1
-                    consecutive_errors += 1
-                    if consecutive_errors >= limit:
-                        summary.stopped = (
-                            f"paused after {consecutive_errors} consecutive failures; "
-                            f"last reply: {result.reply}"
-                        )
-                        return
-                if self.on_progress:
-                    self.on_progress(summary, 1)
-
-    def _mark_sending(self, delivery_id: int) -> bool:
-        """Claim one row for the wire; False if it was skipped meanwhile (unsubscribed)."""
-        with self.db.session() as s:
-            n = s.execute(
-                update(Delivery)
-                .where(Delivery.id == delivery_id, Delivery.status.in_(("queued", "retry")))
-                .values(status="sending", attempts=Delivery.attempts + 1, updated_at=utcnow())
-            ).rowcount
-            return n == 1
-
-    def _requeue(self, delivery_id: int) -> None:
-        with self.db.session() as s:
-            s.execute(
-                update(Delivery)
-                .where(Delivery.id == delivery_id)
-                .values(status="queued", attempts=Delivery.attempts - 1, updated_at=utcnow())
-            )
-
-    def _record(self, delivery_id: int, subscriber_id: int, outcome: Outcome, reply: str) -> None:
-        now = utcnow()
-        with self.db.session() as s:
-            row = s.get(Delivery, delivery_id)
-            assert row is not None
-            row.last_reply = reply
-            row.updated_at = now
-            if outcome is Outcome.SENT:
-                row.status = "sent"
-                row.sent_at = now
-            elif outcome is Outcome.TEMPORARY:
-                delays = self.cfg.delivery.retry_minutes
-                delay = delays[min(row.attempts, len(delays)) - 1]
-                row.status = "retry"
-                row.next_attempt_at = now + timedelta(minutes=delay)
-            else:
-                row.status = "failed"
-                sub = s.get(Subscriber, subscriber_id)
-                if sub is not None:
-                    sub.bounce_count += 1
-                    threshold = self.cfg.delivery.bounce_threshold
-                    if sub.bounce_count >= threshold and sub.status == "active":
-                        set_status(s, sub, "bounced")
-
     def _release(self, summary: RunSummary) -> None:
         now = utcnow()
         with self.db.session() as s:
@@ -285,12 +489,20 @@ class Deliverer:
             if d is None or d.lease_owner != OWNER:
                 return
             summary.counts = counts(s, d.id)
+            d.lease_owner = None
+            d.lease_until = None
+            if summary.stopped:
+                d.run_failures += 1
+                d.last_error = summary.stopped[:1000]
+                wait = RUN_BACKOFF_MINUTES[min(d.run_failures, len(RUN_BACKOFF_MINUTES)) - 1]
+                d.next_run_at = now + timedelta(minutes=wait)
+            else:
+                d.run_failures = 0
+                d.last_error = ""
+                d.next_run_at = None
             if not any(summary.counts.get(st, 0) for st in DELIVERY_PENDING):
                 digests.finish(s, d, now)
                 summary.finished = True
-            else:
-                d.lease_owner = None
-                d.lease_until = None
         if summary.finished:
             log.info("digest #%s finished: %s", summary.issue, summary.counts)
 
@@ -301,8 +513,36 @@ def deliver(
     digest_id: int,
     stop: threading.Event | None = None,
     on_progress: Callable[[RunSummary, int], None] | None = None,
+    ignore_backoff: bool = False,
 ) -> RunSummary:
-    return Deliverer(db, cfg, stop, on_progress).run(digest_id)
+    return Deliverer(db, cfg, stop, on_progress, ignore_backoff).run(digest_id)
+
+
+def retry_failed(db: Database, digest_id: int) -> int:
+    """`digest retry`: failed deliveries of still-active subscribers go back in the queue."""
+    with db.session() as s:
+        d = s.get(Digest, digest_id)
+        if d is None or d.issue_number is None:
+            from mailer.errors import NotFound
+
+            raise NotFound(f"digest #{digest_id} does not exist or was skipped")
+        active = select(Subscriber.id).where(Subscriber.status == "active")
+        n = s.execute(
+            update(Delivery)
+            .where(
+                Delivery.digest_id == digest_id,
+                Delivery.status == "failed",
+                Delivery.subscriber_id.in_(active),
+            )
+            .values(status="queued", next_attempt_at=None, updated_at=utcnow())
+        ).rowcount
+        if n:
+            d.status = "sending"
+            d.finished_at = None
+            d.next_run_at = None
+            d.run_failures = 0
+            d.last_error = ""
+        return int(n or 0)
 
 
 def send_test(cfg: Config, html: str, text: str, subject: str, to: str) -> str:

@@ -15,7 +15,6 @@ from importlib import resources
 from typing import Any
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from premailer import Premailer
 from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
@@ -140,6 +139,8 @@ class Renderer:
 def inline_css(html: str) -> str:
     """premailer once per digest. Keep !important in the @media rules it leaves in <style>,
     never fetch external CSS, and keep cssutils' warnings out of the logs."""
+    from premailer import Premailer  # heavy (cssutils, lxml): only loaded to render
+
     return Premailer(
         html,
         strip_important=False,

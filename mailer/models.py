@@ -118,6 +118,11 @@ class Digest(Base):
     # Which process is delivering it, and until when that claim holds (see delivery.py).
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # After a run that stopped on a relay-wide problem (unreachable, auth, too many
+    # errors): the error, how many runs in a row failed, and when the service tries again.
+    last_error: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    run_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     articles: Mapped[list[Article]] = relationship(back_populates="digest")
 

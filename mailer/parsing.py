@@ -17,12 +17,18 @@ from mailer.config import ArticlesConfig
 from mailer.errors import InputError
 
 MAX_TITLE_CHARS = 300
+# A paragraph that may be a headline left behind by a missing footer (see _split_untitled).
+_MAX_HEADLINE_CHARS = 150
+_MIN_HEADLINE_WORDS = 3
 # A line ending in one of these closes a sentence; a scraped line that does not is a
 # fragment of the next one (link text torn out of its sentence by the scraper).
 _SENTENCE_END = tuple(".!?:;\"'”’)]…")
 # Control characters other than tab/newline never belong in an article (and must never
 # reach a mail header).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u2060\ufeff]")
+# Line breaks of any kind inside what must be one line become a space (so words do not
+# run together and no CR/LF can ever reach a title or a mail header).
+_BREAKS = re.compile(r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 # Boilerplate close to a known line by this ratio (letters and digits only) is boilerplate
 # too: it catches typos in footers that are not listed spelling by spelling.
@@ -60,6 +66,7 @@ def fingerprint(body: str) -> str:
 def clean_line(line: str) -> str:
     """One line of text with control characters removed and spacing collapsed."""
     line = unicodedata.normalize("NFC", line)
+    line = _BREAKS.sub(" ", line)
     line = _CONTROL.sub("", line)
     return _SPACES.sub(" ", line).strip()
 
@@ -127,15 +134,15 @@ class Cleaner:
             kept.pop(0)
         if not kept:
             return
-        title, body = kept[0], kept[1:]
-        paragraphs = _paragraphs(body)
-        problem = _title_problem(title)
-        if problem:
-            result.skipped.append(f"{problem}: {_preview(title)}")
-        elif not paragraphs:
-            result.skipped.append(f"title without a body: {_preview(title)}")
-        else:
-            result.articles.append(ParsedArticle(title, paragraphs))
+        for title, body in _split_untitled(kept[0], kept[1:]):
+            paragraphs = _paragraphs(body)
+            problem = _title_problem(title)
+            if problem:
+                result.skipped.append(f"{problem}: {_preview(title)}")
+            elif not paragraphs:
+                result.skipped.append(f"title without a body: {_preview(title)}")
+            else:
+                result.articles.append(ParsedArticle(title, paragraphs))
 
     def _add_teaser(self, block: list[str], result: ParseResult) -> None:
         """A teaser is: source, age, "- source", title, text. Anything else is skipped."""
@@ -150,6 +157,15 @@ class Cleaner:
         result.articles.append(ParsedArticle(rest[0], _paragraphs(rest[1:]), source))
 
 
+def paragraphs_of(text: str, cleaner: Cleaner | None = None) -> list[str]:
+    """The paragraphs of a typed-in body (blank-line separated; any line endings), with
+    boilerplate lines (a source's footer) dropped when a cleaner is given."""
+    lines = [clean_line(ln) for ln in _BREAKS.split(text)]
+    if cleaner is not None:
+        lines = [ln for ln in lines if not cleaner.is_boilerplate(ln)]
+    return _paragraphs(lines)
+
+
 def _split(lines: list[str], is_separator: object) -> list[list[str]]:
     chunks: list[list[str]] = [[]]
     for line in lines:
@@ -158,6 +174,42 @@ def _split(lines: list[str], is_separator: object) -> list[list[str]]:
         else:
             chunks[-1].append(line)
     return [c for c in chunks if any(c)]
+
+
+def _split_untitled(title: str, body: list[str]) -> list[tuple[str, list[str]]]:
+    """Exports sometimes lose the footer between two articles; the next article's title
+    then sits in the body as a paragraph of its own. In blank-line separated text, a
+    single-line paragraph that looks like a headline (a few words, no closing punctuation)
+    after a finished sentence and before more text starts a new article."""
+    if "" not in body:
+        return [(title, body)]
+    parts: list[tuple[str, list[str]]] = [(title, [])]
+    for i, line in enumerate(body):
+        current = [ln for ln in parts[-1][1] if ln]
+        if (
+            _looks_like_headline(line)
+            and i > 0
+            and not body[i - 1]
+            and i + 1 < len(body)
+            and not body[i + 1]
+            and any(body[i + 1 :])
+            and current
+            and current[-1].endswith(_SENTENCE_END)
+        ):
+            parts.append((line, []))
+        else:
+            parts[-1][1].append(line)
+    return parts
+
+
+def _looks_like_headline(line: str) -> bool:
+    return (
+        bool(line)
+        and len(line) <= _MAX_HEADLINE_CHARS
+        and len(line.split()) >= _MIN_HEADLINE_WORDS
+        and not line.endswith(_SENTENCE_END)
+        and not line.endswith((",", "-", "–", "—"))
+    )
 
 
 def _paragraphs(body: list[str]) -> list[str]:

@@ -28,6 +28,7 @@ class Outcome(enum.Enum):
     TEMPORARY = "temporary"
     PERMANENT = "permanent"
     FATAL = "fatal"
+    SKIPPED = "skipped"  # not sent at all: the subscriber left just before
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,6 @@ class SmtpConnection:
                 self.open()
             try:
                 result = self._transaction(sender, recipient, data)
-            except smtplib.SMTPResponseException as exc:
-                # e.g. DATA answered with something other than 354.
-                self._reset()
-                result = _classify(exc.smtp_code, exc.smtp_error, stage="DATA")
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self.close(polite=False)
                 if attempt == 2:
@@ -130,17 +127,36 @@ class SmtpConnection:
             self.close(polite=False)
 
     def _transaction(self, sender: str, recipient: str, data: bytes) -> Result:
+        """MAIL, RCPT, DATA and the message. With PIPELINING (RFC 2920) the three commands
+        go out in one write, which saves two round trips per message. The message is sent
+        as ready bytes: the template guarantees CRLF line ends."""
         assert self.conn is not None
         conn = self.conn
-        code, text = _check(conn.mail(sender))
-        if code != 250:
+        # Dot-stuffing (RFC 5321 4.5.2) in C: a no-op for our base64 bodies.
+        data = (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
+        if conn.does_esmtp and conn.has_extn("pipelining"):
+            conn.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
+            mail, rcpt, start = (_check(conn.getreply()) for _ in range(3))
+        else:
+            mail = _check(conn.mail(sender))
+            rcpt = _check(conn.rcpt(recipient)) if mail[0] == 250 else (0, b"")
+            start = _check(conn.docmd("DATA")) if rcpt[0] in (250, 251) else (0, b"")
+        failed: Result | None = None
+        if mail[0] != 250:
+            failed = _classify(*mail, stage="MAIL FROM")
+        elif rcpt[0] not in (250, 251):
+            failed = _classify(*rcpt, stage="RCPT TO")
+        elif start[0] != 354:
+            failed = _classify(*start, stage="DATA")
+        if failed is not None:
+            if start[0] == 354:
+                # The server took DATA although we cannot go on: end it empty, then reset.
+                conn.send(b".\r\n")
+                conn.getreply()
             self._reset()
-            return _classify(code, text, stage="MAIL FROM")
-        code, text = _check(conn.rcpt(recipient))
-        if code not in (250, 251):
-            self._reset()
-            return _classify(code, text, stage="RCPT TO")
-        code, text = _check(conn.data(data))
+            return failed
+        conn.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+        code, text = _check(conn.getreply())
         if code != 250:
             self._reset()
             return _classify(code, text, stage="DATA")

@@ -35,11 +35,21 @@ def normalise_email(raw: str) -> str:
 
 
 def clean_name(raw: str) -> str:
-    # clean_line drops CR/LF and control characters: a name ends up in the To header.
-    name = clean_line(raw or "")
+    # A name ends up in the To header: line breaks of any kind (a quoted CSV field can
+    # hold them) become spaces, then clean_line drops control characters.
+    name = clean_line(" ".join((raw or "").splitlines()))
     if len(name) > MAX_NAME_CHARS:
         raise InputError(f"name is longer than {MAX_NAME_CHARS} characters")
     return name
+
+
+def lookup_key(raw: str) -> str:
+    """The stored form of an address typed by a person (IDNA domain, as `add` stores it);
+    the input as given when it is not a valid address, so the look-up just finds nothing."""
+    try:
+        return normalise_email(raw)
+    except InputError:
+        return raw.strip()
 
 
 def new_nonce() -> str:
@@ -172,7 +182,7 @@ class SubscriberStore:
 
     def unsubscribe(self, email: str) -> Subscriber:
         with self.db.session() as s:
-            sub = self._find(s, email.strip())
+            sub = self._find(s, lookup_key(email))
             if sub is None:
                 raise NotFound(f"no subscriber {email.strip()!r}")
             set_status(s, sub, "unsubscribed")
@@ -181,7 +191,7 @@ class SubscriberStore:
     def forget(self, email: str) -> None:
         """Erase the person: their row and (by cascade) their delivery records."""
         with self.db.session() as s:
-            sub = self._find(s, email.strip())
+            sub = self._find(s, lookup_key(email))
             if sub is None:
                 raise NotFound(f"no subscriber {email.strip()!r}")
             s.delete(sub)

@@ -43,7 +43,8 @@ class Themes:
         for theme in self.all:
             if theme.pattern is None:
                 continue
-            in_body = {m.casefold() for m in theme.pattern.findall(body)}
+            # One point per distinct keyword: "Rare  earth" and "rare earth" are one keyword.
+            in_body = {" ".join(m.casefold().split()) for m in theme.pattern.findall(body)}
             score = TITLE_WEIGHT * len(theme.pattern.findall(title)) + BODY_WEIGHT * len(in_body)
             if score:
                 out[theme.slug] = score

@@ -53,7 +53,7 @@ def big_list(config_path, smtp_server):
     return config_path
 
 
-@pytest.mark.parametrize(("sig", "max_duplicates"), [(signal.SIGKILL, 1), (signal.SIGTERM, 0)])
+@pytest.mark.parametrize(("sig", "max_duplicates"), [(signal.SIGKILL, 4), (signal.SIGTERM, 0)])
 def test_send_interrupted_then_restarted_reaches_everyone(big_list, smtp_server, sig, max_duplicates):
     proc = _mailer(big_list, "digest", "send", "--now")
     _wait_for(lambda: len(smtp_server.received) >= 15)
@@ -70,7 +70,8 @@ def test_send_interrupted_then_restarted_reaches_everyone(big_list, smtp_server,
     counts = collections.Counter(r.recipients[0] for r in smtp_server.received)
     assert len(counts) == RECIPIENTS, "somebody was skipped"
     duplicates = sum(n - 1 for n in counts.values())
-    # One connection: at most the one message in flight when killed; none after SIGTERM.
+    # Killed: at most the messages in flight, one per connection (smtp.connections = 4).
+    # SIGTERM: the messages in flight finish and are recorded, so none.
     assert duplicates <= max_duplicates
 
 

@@ -165,10 +165,11 @@ def test_stopping_mid_send_and_resuming_mails_everyone_once(seeded, cfg, smtp_se
             stop.set()
 
     [first] = campaign.send_now(seeded, cfg, SLOT, stop, stop_after_ten)
-    assert not first.finished and first.sent == 10
+    # The messages in flight on the other connections finish and are recorded too.
+    assert not first.finished and 10 <= first.sent < 10 + cfg.smtp.connections
     with seeded.session() as s:
         assert s.scalar(select(func.count()).where(Delivery.status == "sending")) == 0
     [second] = campaign.deliver_unfinished(seeded, cfg)
-    assert second.finished and second.sent == 23
+    assert second.finished and second.sent == 33 - first.sent
     recipients = [r.recipients[0] for r in smtp_server.received]
     assert len(recipients) == len(set(recipients)) == 33
