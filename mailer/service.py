@@ -85,7 +85,7 @@ class Service:
             raise MailerError(
                 f"web server cannot listen on {cfg.web.host}:{cfg.web.port}: {exc.strerror}"
             ) from None
-        self.web_thread = threading.Thread(target=self.web.run, name="web", daemon=True)
+        self.web_thread = threading.Thread(target=self._run_web, name="web", daemon=True)
         self.web_thread.start()
         schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
         self.scheduler.add_job(
@@ -105,8 +105,17 @@ class Service:
             max_instances=1,
         )
         # Start-up tick: sends a slot missed while we were down (within the grace period).
-        self.scheduler.add_job(self.tick, id="startup")
+        self.scheduler.add_job(self.tick, name="startup")
         self.scheduler.start()
+
+    def _run_web(self) -> None:
+        assert self.web is not None
+        try:
+            self.web.run()
+        except OSError:
+            # close() from the main thread can pull the socket out from under select().
+            if not self.stop.is_set():
+                raise
 
     @property
     def port(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import smtplib
+import socket
 import ssl
 from dataclasses import dataclass
 
@@ -68,6 +69,10 @@ class SmtpConnection:
                 conn = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=self._context())
             else:
                 conn = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+            # Pipelined commands and the message go out in few large writes; without
+            # TCP_NODELAY, Nagle's algorithm holds each write's tail back for an ACK.
+            if conn.sock is not None:
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.ehlo()
             if cfg.security == "starttls":
                 if not conn.has_extn("starttls"):

@@ -35,7 +35,10 @@ from mailer.themes import Themes
 from mailer.tokens import Tokens, load_secret
 
 MAX_BODY_BYTES = 16 * 1024
-PUBLIC_ENDPOINTS = {"article", "unsubscribe", "resubscribe", "health", "static"}
+# The GET of an unsubscribe link (unsubscribe_page) is what a reader's click fetches: public.
+PUBLIC_ENDPOINTS = {"article", "unsubscribe_page", "unsubscribe", "resubscribe", "health", "static"}
+# Ids in URLs above SQLite's INTEGER range are no row (404), not an OverflowError (500).
+MAX_ID = 2**63 - 1
 
 
 def is_loopback(host: str) -> bool:
@@ -70,6 +73,13 @@ def create_app(db: Database, cfg: Config) -> Flask:
             "catcher_on": cfg.catcher.enabled,
             "language": cfg.digest.language,
         }
+
+    @app.before_request
+    def _limit_body() -> None:
+        # Werkzeug only enforces MAX_CONTENT_LENGTH when a view reads the body, and the
+        # unsubscribe POST never does: refuse an oversized body before any view runs.
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            abort(413)
 
     @app.before_request
     def _guard_editor_pages() -> Response | None:
@@ -158,12 +168,12 @@ def create_app(db: Database, cfg: Config) -> Flask:
             abort(404)
         return d
 
-    @app.get("/digests/<int:digest_id>")
+    @app.get(f"/digests/<int(max={MAX_ID}):digest_id>")
     def digest_html(digest_id: int) -> Response:
         d = _stored(digest_id)
         return html_page(d.html.replace(UNSUBSCRIBE_PLACEHOLDER, cfg.digest.base_url + PREVIEW_UNSUBSCRIBE))
 
-    @app.get("/digests/<int:digest_id>.txt")
+    @app.get(f"/digests/<int(max={MAX_ID}):digest_id>.txt")
     def digest_text(digest_id: int) -> Response:
         d = _stored(digest_id)
         return text_page(d.text.replace(UNSUBSCRIBE_PLACEHOLDER, cfg.digest.base_url + PREVIEW_UNSUBSCRIBE))
@@ -212,7 +222,7 @@ def create_app(db: Database, cfg: Config) -> Flask:
     def health() -> Response:
         return text_page("ok\n")
 
-    @app.get("/articles/<int:article_id>")
+    @app.get(f"/articles/<int(max={MAX_ID}):article_id>")
     def article(article_id: int) -> str:
         with db.session() as s:
             a = s.get(Article, article_id)

@@ -121,7 +121,7 @@ def test_permanent_failure_is_recorded_and_the_subscriber_is_bounced(seeded, cfg
     )
     [summary] = campaign.send_now(seeded, cfg, T0)
     assert summary.finished and summary.failed == 1 and summary.sent == 2
-    status, attempts, reply = _rows(seeded)["ada@example.com"]
+    status, _, reply = _rows(seeded)["ada@example.com"]
     assert status == "failed" and reply == "550 5.1.1 no such user"
     with seeded.session() as s:
         ada = s.scalar(select(Subscriber).where(Subscriber.email == "ada@example.com"))
@@ -192,7 +192,9 @@ def test_two_deliverers_at_once_never_send_a_message_twice(seeded, cfg, smtp_ser
     smtp_server.handler.delay = 0.005
     d = digests.build(seeded, cfg, digests.manual_slot(T0))
     results = []
-    threads = [threading.Thread(target=lambda: results.append(delivery.deliver(seeded, cfg, d.id))) for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(delivery.deliver(seeded, cfg, d.id))) for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -71,7 +71,9 @@ def test_too_few_articles_skips_the_week_and_logs_it(db, tmp_path, smtp_server, 
 
 
 def test_more_articles_than_the_maximum_leaves_the_newest_for_next_week(db, tmp_path, smtp_server):
-    cfg = load_config(str(write_config(tmp_path, smtp_server.port, digest={"max_articles": 5, "min_articles": 1})))
+    cfg = load_config(
+        str(write_config(tmp_path, smtp_server.port, digest={"max_articles": 5, "min_articles": 1}))
+    )
     store = ArticleStore(db, cfg)
     ids = [store.add(f"Story {i}", f"Body number {i} of the story.").id for i in range(8)]
     SubscriberStore(db).add("a@example.com")
@@ -84,7 +86,9 @@ def test_more_articles_than_the_maximum_leaves_the_newest_for_next_week(db, tmp_
 def test_html_has_themed_sections_in_theme_order_and_email_safe_markup(seeded, cfg):
     d = digests.build(seeded, cfg, _slot())
     html = d.html
-    positions = [html.find(f'id="{slug}"') for slug in ("ai", "chips", "cyber", "robotics", "policy", "business")]
+    positions = [
+        html.find(f'id="{slug}"') for slug in ("ai", "chips", "cyber", "robotics", "policy", "business")
+    ]
     assert all(p > 0 for p in positions) and positions == sorted(positions)
     assert '<html lang="en"' in html
     assert 'role="presentation"' in html and 'width="600"' in html
@@ -101,7 +105,10 @@ def test_html_has_themed_sections_in_theme_order_and_email_safe_markup(seeded, c
 
 def test_subject_comes_from_the_config_template(seeded, cfg):
     d = digests.build(seeded, cfg, _slot())
-    assert d.subject == "Tech Policy Weekly #1: AI models and companies, Policy and regulation, Chips and hardware"
+    assert (
+        d.subject
+        == "Tech Policy Weekly #1: AI models and companies, Policy and regulation, Chips and hardware"
+    )
 
 
 def test_article_text_is_escaped_in_the_html(db, cfg):
@@ -121,7 +128,9 @@ def test_html_part_stays_under_100_kb_for_40_long_articles(db, tmp_path, smtp_se
         title = f"Story {i}: " + "a long and winding headline about regulation " * 3
         first = " ".join(["This opening paragraph is deliberately long to test the lead cut."] * 12)
         store.add(
-            title[:250], f"{first}\n\nSecond paragraph {i}.", url=f"https://news.example.com/{i}/" + "x" * 80,
+            title[:250],
+            f"{first}\n\nSecond paragraph {i}.",
+            url=f"https://news.example.com/{i}/" + "x" * 80,
             theme=themes[i % len(themes)],
         )
     p = digests.preview(db, cfg)

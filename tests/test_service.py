@@ -31,9 +31,7 @@ def _sections(msg) -> list[str]:
     return [slug for slug in order if f'id="{slug}"' in html]
 
 
-def test_end_to_end_scheduled_digest_reaches_every_active_subscriber_exactly_once(
-    run_cli, cfg, smtp_server
-):
+def test_end_to_end_scheduled_digest_reaches_every_active_subscriber_exactly_once(run_cli, cfg, smtp_server):
     assert run_cli("articles", "import", str(SEEDS)).exit_code == 0
     for email in ("ada@example.com", "grace@example.com", "zoe@example.com", "bob@example.com"):
         assert run_cli("subscribers", "add", email).exit_code == 0
@@ -53,7 +51,9 @@ def test_end_to_end_scheduled_digest_reaches_every_active_subscriber_exactly_onc
         assert msg["Subject"].startswith("Tech Policy Weekly #1: ")
         assert _sections(msg) == ["ai", "chips", "cyber", "robotics", "policy", "business"]
     with db.session() as s:
-        assert s.scalar(select(func.count()).select_from(Article).where(Article.sent_at.is_not(None))) == unsent
+        assert (
+            s.scalar(select(func.count()).select_from(Article).where(Article.sent_at.is_not(None))) == unsent
+        )
     [digest] = _digests(db)
     assert digest.status == "sent" and digest.slot_key == "2026-11-30T08:00"
 

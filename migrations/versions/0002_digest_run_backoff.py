@@ -20,7 +20,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("digests", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("last_error", sa.String(length=1000), server_default="", nullable=False))
+        batch_op.add_column(
+            sa.Column("last_error", sa.String(length=1000), server_default="", nullable=False)
+        )
         batch_op.add_column(sa.Column("run_failures", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("next_run_at", mailer.models.UTCDateTime(), nullable=True))
 

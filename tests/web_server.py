@@ -1,0 +1,137 @@
+"""The web app served by a real waitress server on loopback, for the HTTP and browser tests.
+
+Also the few helpers both test files need: plain HTTP requests (http.client, which never
+follows redirects or keeps cookies), HTML parsing with lxml, and the unsubscribe links a
+real digest send put in each subscriber's List-Unsubscribe header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import threading
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import lxml.html
+from waitress.server import create_server
+
+from mailer.config import Config
+from mailer.db import Database
+from mailer.subscribers import SubscriberStore
+from mailer.web import create_app
+from tests.conftest import write_config
+from tests.smtp_server import SmtpServer
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+ONE_CLICK = b"List-Unsubscribe=One-Click"
+# Room for every seed article in one digest (the seeds are at config.toml's maximum of 40
+# already), so "every unsent article is in the preview" keeps holding as the seeds grow.
+MAX_ARTICLES = 500
+
+
+def write_test_config(folder: Path, smtp_port: int, **sections: dict[str, object]) -> Path:
+    """tests.conftest.write_config with MAX_ARTICLES (unless `digest` says otherwise)."""
+    digest = {"max_articles": MAX_ARTICLES, **sections.pop("digest", {})}
+    return write_config(folder, smtp_port, digest=digest, **sections)
+
+
+@dataclass
+class Reply:
+    request: str  # "METHOD path", for assertion messages
+    status: int
+    headers: http.client.HTTPMessage
+    body: str
+
+    def doc(self) -> lxml.html.HtmlElement:
+        return lxml.html.document_fromstring(self.body)
+
+
+class WebServer:
+    """create_app(db, cfg) behind waitress on 127.0.0.1 and a free port, in a daemon thread."""
+
+    def __init__(self, db: Database, cfg: Config) -> None:
+        self.cfg = cfg
+        self.server = create_server(create_app(db, cfg), host="127.0.0.1", port=0, threads=2)
+        self.port = int(self.server.effective_port)  # type: ignore[union-attr]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.run, name="test-web", daemon=True)
+
+    def start(self) -> WebServer:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        # Close the sockets from inside the server's loop (closing them from here races
+        # with its select()); with nothing left to watch, the loop and the thread end.
+        # pull_trigger queues the callback before it writes to the trigger's pipe, so a
+        # wake-up already pending can run it (closing that pipe) before the write: EBADF.
+        with contextlib.suppress(OSError):
+            self.server.trigger.pull_trigger(self._close_all)  # type: ignore[union-attr]
+        self.thread.join(timeout=5)
+        assert not self.thread.is_alive(), "the test web server did not stop"
+        self.server.task_dispatcher.shutdown(timeout=5)  # type: ignore[union-attr]
+
+    def _close_all(self) -> None:
+        for channel in list(self.server._map.values()):  # type: ignore[union-attr]
+            channel.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return Reply(f"{method} {path}", resp.status, resp.headers, resp.read().decode("utf-8"))
+        finally:
+            conn.close()
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Reply:
+        return self.request("GET", path, headers=headers)
+
+    def post(self, path: str, body: bytes = ONE_CLICK, headers: dict[str, str] | None = None) -> Reply:
+        return self.request("POST", path, body=body, headers={**FORM, **(headers or {})})
+
+    def raw(self, data: bytes) -> bytes:
+        """Send bytes as they are over a plain socket; everything the server answers."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(data)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def local(self, url: str) -> str:
+        """A URL the app generated from digest.base_url, pointed at this server instead."""
+        parts = urlsplit(url)
+        assert f"{parts.scheme}://{parts.netloc}" == self.cfg.digest.base_url, url
+        return self.base + parts.path
+
+
+def unsubscribe_url(message: EmailMessage) -> str:
+    """The one-click URL of RFC 8058 from a message as the subscriber received it."""
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    value = str(message["List-Unsubscribe"]).strip()
+    assert value.startswith("<") and value.endswith(">"), value
+    return value[1:-1]
+
+
+def unsubscribe_paths(smtp_server: SmtpServer) -> dict[str, str]:
+    """{recipient: path of their unsubscribe URL} from every message the server received."""
+    out = {}
+    for received in smtp_server.received:
+        (rcpt,) = received.recipients
+        out[rcpt] = urlsplit(unsubscribe_url(received.message)).path
+    return out
+
+
+def statuses(db: Database) -> dict[str, str]:
+    return {s.email: s.status for s in SubscriberStore(db).list()}
