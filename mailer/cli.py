@@ -478,5 +478,50 @@ def digest_list(app: App, as_json: bool) -> None:
     click.echo(f"{len(rows)} digest(s)")
 
 
+@command(digest, "status")
+@click.argument("digest_id", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True)
+def digest_status(app: App, digest_id: int | None, as_json: bool) -> None:
+    """Where a digest's delivery stands: queued, sent, retrying, failed, bounced, errors."""
+    st = delivery.status_of(app.db, digest_id)
+    if as_json:
+        _json(st.__dict__)
+        return
+    c = st.counts
+    click.echo(f"digest #{st.issue} (id {st.digest_id}, {st.status}): {st.subject}")
+    click.echo(
+        f"  queued {c['queued'] + c['sending']}, sent {c['sent']}, retrying {c['retry']}, "
+        f"failed {c['failed']} (bounced {st.bounced}), skipped {c['skipped']}"
+    )
+    if st.next_retry_at:
+        click.echo(f"  next retry: {_when(st.next_retry_at, app.cfg)}")
+    if st.last_error:
+        click.echo(f"  last run stopped: {st.last_error}")
+        if st.next_run_at:
+            click.echo(f"  the service tries again at {_when(st.next_run_at, app.cfg)}")
+    for reply, n in st.errors:
+        click.echo(f"  {n} x {reply}")
+
+
+@command(digest, "retry")
+@click.argument("digest_id", type=int)
+def digest_retry(app: App, digest_id: int) -> None:
+    """Put a digest's failed deliveries back in the queue (active subscribers only)."""
+    n = delivery.retry_failed(app.db, digest_id)
+    click.echo(f"{n} failed deliveries of digest id {digest_id} queued again")
+    if n:
+        click.echo("they go out with the next `mailer digest send --now` or the service's next tick")
+
+
 def main() -> None:
-    cli(prog_name="mailer")
+    """Run the CLI; usage errors too are one line on stderr and exit status 1."""
+    try:
+        cli.main(prog_name="mailer", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -544,3 +544,65 @@ def send_test(cfg: Config, html: str, text: str, subject: str, to: str) -> str:
     if result.outcome is not Outcome.SENT:
         raise SmtpFatal(f"test copy to {to} not accepted: {result.reply}")
     return result.reply
+
+
+@dataclass
+class DigestStatus:
+    digest_id: int
+    issue: int | None
+    status: str
+    subject: str
+    counts: dict[str, int]
+    bounced: int
+    next_retry_at: datetime | None
+    last_error: str
+    next_run_at: datetime | None
+    errors: list[tuple[str, int]]
+
+
+def status_of(db: Database, digest_id: int | None = None) -> DigestStatus:
+    """`digest status`: where a digest's delivery stands (default: the newest one sent)."""
+    from mailer.errors import NotFound
+
+    with db.session() as s:
+        if digest_id is None:
+            d = s.scalars(
+                select(Digest).where(Digest.issue_number.is_not(None)).order_by(Digest.id.desc())
+            ).first()
+            if d is None:
+                raise NotFound("no digest has been built yet")
+        else:
+            d = s.get(Digest, digest_id)
+            if d is None:
+                raise NotFound(f"digest #{digest_id} does not exist")
+        by_status = counts(s, d.id)
+        bounced = s.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(Delivery.digest_id == d.id, Delivery.status == "failed", Subscriber.status == "bounced")
+        )
+        next_retry = s.scalar(
+            select(func.min(Delivery.next_attempt_at)).where(
+                Delivery.digest_id == d.id, Delivery.status == "retry"
+            )
+        )
+        errors = s.execute(
+            select(Delivery.last_reply, func.count())
+            .where(Delivery.digest_id == d.id, Delivery.status.in_(("failed", "retry")))
+            .group_by(Delivery.last_reply)
+            .order_by(func.count().desc())
+            .limit(5)
+        ).all()
+        return DigestStatus(
+            d.id,
+            d.issue_number,
+            d.status,
+            d.subject or d.note,
+            {k: by_status.get(k, 0) for k in ("queued", "sending", "sent", "retry", "failed", "skipped")},
+            int(bounced or 0),
+            next_retry,
+            d.last_error,
+            d.next_run_at,
+            [(reply, n) for reply, n in errors],
+        )

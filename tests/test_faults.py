@@ -1,0 +1,238 @@
+"""A misbehaving SMTP server: temporary and permanent replies, outages, give-up, kill -9."""
+
+from __future__ import annotations
+
+import collections
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import select
+
+from mailer import campaign
+from mailer.config import load_config
+from mailer.db import Database
+from mailer.models import Delivery, Digest, Subscriber
+from mailer.service import Service
+from mailer.subscribers import SubscriberStore
+from tests.conftest import ROOT, SEEDS, write_config
+from tests.smtp_server import SmtpServer
+
+T0 = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
+
+
+def _statuses(db) -> dict[str, tuple[str, str]]:
+    with db.session() as s:
+        q = select(Subscriber.email, Delivery.status, Delivery.last_reply).join(
+            Subscriber, Subscriber.id == Delivery.subscriber_id
+        )
+        return {email: (status, reply) for email, status, reply in s.execute(q)}
+
+
+def _digest(db) -> Digest:
+    with db.session() as s:
+        return s.scalars(select(Digest).order_by(Digest.id.desc())).first()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "421 4.3.2 closing, try later",
+        "450 4.2.1 mailbox busy",
+        "451 4.3.0 local error",
+        "452 4.2.2 over quota",
+    ],
+)
+def test_temporary_replies_are_retried_with_backoff_and_delivered_in_the_end(seeded, cfg, smtp_server, reply):
+    refusing = [True]
+    smtp_server.handler.rule = lambda stage, addr: (
+        reply if stage == "RCPT" and addr == "ada@example.com" and refusing[0] else None
+    )
+    with freeze_time(T0):
+        campaign.send_now(seeded, cfg, T0)
+    assert _statuses(seeded)["ada@example.com"] == ("retry", reply)
+    # Second failure: the back-off grows (1 minute, then 5).
+    with freeze_time(T0 + timedelta(minutes=1, seconds=1)):
+        campaign.deliver_unfinished(seeded, cfg)
+    with seeded.session() as s:
+        row = s.scalar(select(Delivery).join(Subscriber).where(Subscriber.email == "ada@example.com"))
+        assert row.attempts == 2
+        assert row.next_attempt_at - (T0 + timedelta(minutes=1, seconds=1)) >= timedelta(
+            minutes=5
+        ) - timedelta(seconds=2)
+    refusing[0] = False
+    with freeze_time(T0 + timedelta(minutes=7)):
+        [summary] = campaign.deliver_unfinished(seeded, cfg)
+    assert summary.finished
+    got = [r for r in smtp_server.received if r.recipients == ["ada@example.com"]]
+    assert len(got) == 1
+    assert _statuses(seeded)["ada@example.com"][0] == "sent"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "550 5.1.1 user unknown",
+        "551 5.1.6 user has moved",
+        "553 5.1.3 bad destination mailbox address syntax",
+    ],
+)
+def test_permanent_replies_fail_the_delivery_and_bounce_the_subscriber(seeded, cfg, smtp_server, reply):
+    smtp_server.handler.rule = lambda stage, addr: (
+        reply if stage == "RCPT" and addr == "zoe@example.com" else None
+    )
+    [summary] = campaign.send_now(seeded, cfg, T0)
+    assert summary.finished and summary.failed == 1
+    assert _statuses(seeded)["zoe@example.com"] == ("failed", reply)
+    with seeded.session() as s:
+        assert s.scalar(select(Subscriber.status).where(Subscriber.email == "zoe@example.com")) == "bounced"
+
+
+def test_bounce_threshold_is_configurable(seeded, tmp_path, smtp_server):
+    cfg = load_config(str(write_config(tmp_path, smtp_server.port, delivery={"bounce_threshold": 2})))
+    smtp_server.handler.rule = lambda stage, addr: "550 5.1.1 no" if addr == "zoe@example.com" else None
+    campaign.send_now(seeded, cfg, T0)
+    with seeded.session() as s:
+        zoe = s.scalar(select(Subscriber).where(Subscriber.email == "zoe@example.com"))
+        assert (zoe.status, zoe.bounce_count) == ("active", 1)
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply"),
+    [
+        ("MAIL", "535 5.7.8 authentication failed"),
+        ("RCPT", "554 5.7.1 relay access denied"),
+        ("MAIL", "530 5.7.0 must issue a STARTTLS command first"),
+    ],
+)
+def test_configuration_errors_stop_the_run_and_keep_everything_pending(
+    seeded, cfg, smtp_server, stage, reply
+):
+    smtp_server.handler.rule = lambda st, addr: reply if st == stage else None
+    [summary] = campaign.send_now(seeded, cfg, T0)
+    assert reply in summary.stopped and not summary.finished
+    assert {v[0] for v in _statuses(seeded).values()} == {"queued"}
+    with seeded.session() as s:
+        assert {sub.status for sub in s.scalars(select(Subscriber))} == {"active"}
+
+
+def test_a_server_that_is_down_is_retried_on_a_timer_with_backoff(seeded, tmp_path, smtp_server):
+    port = smtp_server.port
+    smtp_server.stop()
+    cfg = load_config(str(write_config(tmp_path, port, smtp={"timeout": 2})))
+    service = Service(seeded, cfg)
+    with freeze_time(T0 + timedelta(seconds=1)):
+        service.tick()  # builds the digest, cannot connect
+    d = _digest(seeded)
+    assert d.status == "sending" and d.run_failures == 1 and "unreachable" in d.last_error
+    assert d.next_run_at == T0 + timedelta(seconds=1, minutes=1)
+    with freeze_time(T0 + timedelta(seconds=30)):
+        service.tick()  # backing off: no new attempt
+    assert _digest(seeded).run_failures == 1
+    with freeze_time(T0 + timedelta(minutes=1, seconds=2)):
+        service.tick()
+    d = _digest(seeded)
+    assert d.run_failures == 2 and d.next_run_at == T0 + timedelta(minutes=3, seconds=2)
+    # The server comes back: the next due tick delivers everything.
+    back = SmtpServer()
+    back.controller.port = port
+    back.start()
+    try:
+        with freeze_time(T0 + timedelta(minutes=3, seconds=3)):
+            service.tick()
+        assert sorted(r.recipients[0] for r in back.received) == [
+            "ada@example.com",
+            "grace@example.com",
+            "zoe@example.com",
+        ]
+        assert _digest(seeded).status == "sent"
+    finally:
+        back.stop()
+
+
+def test_leftovers_are_marked_failed_after_the_give_up_age(seeded, tmp_path, smtp_server):
+    port = smtp_server.port
+    smtp_server.stop()
+    cfg = load_config(str(write_config(tmp_path, port, smtp={"timeout": 2}, delivery={"give_up_hours": 2})))
+    with freeze_time(T0):
+        campaign.send_now(seeded, cfg, T0)
+    with freeze_time(T0 + timedelta(hours=2, minutes=1)):
+        [summary] = campaign.deliver_unfinished(seeded, cfg)
+    assert summary.finished
+    assert {v for v in _statuses(seeded).values()} == {("failed", "gave up after 2 hours")}
+    assert _digest(seeded).status == "sent"
+
+
+def test_retry_command_puts_failed_deliveries_back_in_the_queue(seeded, cfg, smtp_server, run_cli):
+    smtp_server.handler.rule = lambda stage, addr: (
+        "554 5.0.0 transient policy" if addr == "ada@example.com" else None
+    )
+    from mailer.config import load_config as _load
+
+    cfg2 = _load(str(write_config(cfg.root, smtp_server.port, delivery={"bounce_threshold": 5})))
+    campaign.send_now(seeded, cfg2, T0)
+    status = run_cli("digest", "status", "--json")
+    assert '"failed": 1' in status.output and "554 5.0.0 transient policy" in status.output
+    smtp_server.handler.rule = None
+    result = run_cli("digest", "retry", str(_digest(seeded).id))
+    assert result.exit_code == 0 and "1 failed deliveries" in result.output
+    assert _digest(seeded).status == "sending"
+    campaign.deliver_unfinished(seeded, cfg2)
+    assert _statuses(seeded)["ada@example.com"][0] == "sent"
+    assert _digest(seeded).status == "sent"
+
+
+def test_kill_9_at_random_moments_loses_nobody_and_duplicates_at_most_the_messages_in_flight(
+    config_path, smtp_server
+):
+    """Ten kill -9s at random points of one send, restarting each time, then a clean finish."""
+    recipients = 400
+    cfg = load_config(str(config_path))
+    db = Database(cfg.database_url)
+    db.migrate()
+    from mailer.articles import ArticleStore
+
+    ArticleStore(db, cfg).import_paths([str(SEEDS)])
+    store = SubscriberStore(db)
+    for i in range(recipients):
+        store.add(f"reader{i:04d}@example.com")
+    db.dispose()
+    smtp_server.handler.delay = 0.004
+    rng = random.Random(20261125)
+    kills = 0
+    for _ in range(10):
+        before = len(smtp_server.received)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailer", "--config", str(config_path), "digest", "send", "--now"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        target = before + rng.randint(1, 25)
+        deadline = time.monotonic() + 30
+        while len(smtp_server.received) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is not None:
+            break  # it finished before we could kill it
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    final = subprocess.run(
+        [sys.executable, "-m", "mailer", "--config", str(config_path), "digest", "send", "--now"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert final.returncode == 0, final.stderr
+    counts = collections.Counter(r.recipients[0] for r in smtp_server.received)
+    assert len(counts) == recipients, "somebody was never mailed"
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"kill -9 x{kills}: {recipients} recipients, {duplicates} duplicate(s)")
+    assert kills >= 5
+    assert duplicates <= kills * cfg.smtp.connections
