@@ -13,13 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
+# The newest Alembic revision (tests/test_db.py checks it against migrations/). Knowing it
+# lets a command skip importing Alembic (~11 MB, ~0.2 s) when the schema is current.
+HEAD_REVISION = "0002"
 
 
 def make_engine(url: str) -> Engine:
@@ -63,8 +64,19 @@ class Database:
         with self.sessions() as s, s.begin():
             yield s
 
+    def revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            try:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except Exception:  # no table yet: a new database
+                return None
+
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent)."""
+        if self.revision() == HEAD_REVISION:
+            return
+        from alembic import command
+
         cfg = alembic_config(self.url)
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
@@ -74,7 +86,9 @@ class Database:
         self.engine.dispose()
 
 
-def alembic_config(url: str) -> AlembicConfig:
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     location = resources.files("mailer.migrations")
     cfg.set_main_option("script_location", str(location))

@@ -35,7 +35,6 @@ import collections
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -44,14 +43,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerSecond, storage, strategies
+from limits import RateLimitItemPerHour, storage, strategies
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from mailer import digest as digests
 from mailer.config import Config
-from mailer.db import BUSY_TIMEOUT_MS, Database
+from mailer.db import Database
 from mailer.message import MessageTemplate, Recipient
 from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber, utcnow
 from mailer.smtp import Outcome, Result, SmtpConnection, SmtpFatal
@@ -83,6 +81,8 @@ class RunSummary:
     busy: bool = False
     waiting: bool = False
     stopped: str = ""
+    # Set when the run ended because smtp.max_per_hour was used up.
+    quota_until: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -129,30 +129,37 @@ def counts(s: Session, digest_id: int) -> dict[str, int]:
 
 
 class RateLimiter:
-    """smtp.max_per_second / max_per_hour, shared by every connection of this process."""
+    """smtp.max_per_second / max_per_hour, shared by every connection of this process.
+
+    Per second, messages are paced evenly (one every 1/limit s, with 1% to spare): a
+    burst-then-wait window would let completion jitter put more than the limit into some
+    one-second window as the relay sees it. Per hour, `limits`' moving window counts."""
 
     def __init__(self, per_second: int, per_hour: int) -> None:
-        self.items: list[RateLimitItem] = []
-        if per_second:
-            self.items.append(RateLimitItemPerSecond(per_second))
-        if per_hour:
-            self.items.append(RateLimitItemPerHour(per_hour))
-        self.limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+        self.interval = 1.01 / per_second if per_second else 0.0
+        self.next_at = 0.0
+        self.hourly = RateLimitItemPerHour(per_hour) if per_hour else None
+        self.window = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
         self.lock = threading.Lock()
+        # When the hourly quota is used up: the epoch time it frees up again.
+        self.quota_reset: float | None = None
 
     def acquire(self, halt: threading.Event) -> bool:
-        """Block until a message may go out; False if the run is halted meanwhile."""
-        while self.items:
-            with self.lock:
-                over = [item for item in self.items if not self.limiter.test(item, "smtp")]
-                if not over:
-                    for item in self.items:
-                        self.limiter.hit(item, "smtp")
-                    return True
-                reset = max(self.limiter.get_window_stats(item, "smtp").reset_time for item in over)
-            if halt.wait(min(max(reset - time.time(), 0.001), 1.0)):
-                return False
-        return not halt.is_set()
+        """Block until a message may go out. False if the run is halted meanwhile, or the
+        hourly quota is used up (then `quota_reset` says when it frees up: rather than hold
+        a process for up to an hour, the run ends and the service resumes it then)."""
+        if not (self.interval or self.hourly):
+            return not halt.is_set()
+        with self.lock:
+            now = time.monotonic()
+            if self.hourly is not None:
+                if not self.window.test(self.hourly, "smtp"):
+                    self.quota_reset = self.window.get_window_stats(self.hourly, "smtp").reset_time
+                    return False
+                self.window.hit(self.hourly, "smtp")
+            at = max(now, self.next_at)
+            self.next_at = at + self.interval
+        return not halt.wait(at - now) if at > now else not halt.is_set()
 
 
 @dataclass
@@ -175,27 +182,6 @@ class _Shared:
     def give_back(self, job: _Job) -> None:
         with self.write_lock:
             self.jobs.appendleft(job)
-
-
-class _StatusReader:
-    """A plain read-only SQLite connection per worker: re-reads a subscriber's status just
-    before sending without taking the write lock (WAL readers never block)."""
-
-    def __init__(self, url: str) -> None:
-        parsed = make_url(url)
-        self.conn: sqlite3.Connection | None = None
-        if parsed.get_backend_name() == "sqlite" and parsed.database:
-            self.conn = sqlite3.connect(parsed.database, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-
-    def active(self, subscriber_id: int) -> bool:
-        if self.conn is None:
-            return True
-        row = self.conn.execute("SELECT status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
-        return row is not None and row[0] == "active"
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
 
 
 class Deliverer:
@@ -251,6 +237,8 @@ class Deliverer:
         try:
             self._coordinate(template, summary, halt)
         finally:
+            if self.limiter.quota_reset is not None:
+                summary.quota_until = datetime.fromtimestamp(self.limiter.quota_reset, UTC)
             self._release(summary)
         return summary
 
@@ -278,7 +266,6 @@ class Deliverer:
     def _work(
         self, template: MessageTemplate, shared: _Shared, halt: threading.Event, summary: RunSummary
     ) -> None:
-        reader = _StatusReader(self.db.url)
         smtp = SmtpConnection(self.cfg.smtp)
         # The raw DBAPI connection (with the engine's pragmas): the per-message commit is
         # three tiny statements, and SQLAlchemy's execution layer tripled their cost.
@@ -291,9 +278,11 @@ class Deliverer:
                     return
                 if not self.limiter.acquire(halt):
                     shared.give_back(job)  # never sent: re-queued when the run ends
+                    if self.limiter.quota_reset is not None:
+                        halt.set()  # hourly quota used up: every connection stops
                     return
                 try:
-                    if reader.active(job.recipient.subscriber_id):
+                    if _still_active(conn, job.recipient.subscriber_id):
                         result = smtp.send(sender, job.recipient.email, template.render(job.recipient))
                     else:
                         result = Result(Outcome.SKIPPED, "subscriber no longer active")
@@ -311,7 +300,6 @@ class Deliverer:
             halt.set()
         finally:
             smtp.close()
-            reader.close()
             conn.close()
 
     def _next_job(self, shared: _Shared, summary: RunSummary) -> _Job | None:
@@ -475,12 +463,24 @@ class Deliverer:
             else:
                 d.run_failures = 0
                 d.last_error = ""
-                d.next_run_at = None
+                # Hourly quota used up: not a failure, just resume when it frees up.
+                d.next_run_at = summary.quota_until
             if not any(summary.counts.get(st, 0) for st in DELIVERY_PENDING):
                 digests.finish(s, d, now)
                 summary.finished = True
         if summary.finished:
             log.info("digest #%s finished: %s", summary.issue, summary.counts)
+
+
+def _still_active(conn: Any, subscriber_id: int) -> bool:
+    """Re-read the subscriber's status just before sending (autocommit read: WAL readers
+    never wait for the writer), so an unsubscribe counts even for an already-claimed row."""
+    cur = conn.cursor()
+    try:
+        row = cur.execute("SELECT status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+    finally:
+        cur.close()
+    return row is not None and row[0] == "active"
 
 
 def _sql_value(value: Any) -> Any:

@@ -96,4 +96,6 @@ def summary_line(s: RunSummary) -> str:
     )
     if c.get("retry"):
         line += " (the service retries them on schedule)"
+    if s.quota_until is not None:
+        line += f"; hourly quota used up, resuming after {s.quota_until:%H:%M} UTC"
     return line

@@ -6,6 +6,7 @@ import email
 import email.policy
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -19,6 +20,7 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    at: float = 0.0  # time.monotonic() when the server accepted it
 
     @property
     def message(self) -> EmailMessage:
@@ -63,7 +65,9 @@ class Handler:
             return refusal
         with self.lock:
             self.received.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+                Received(
+                    envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, time.monotonic()
+                )
             )
         return "250 2.0.0 queued"
 

@@ -236,3 +236,25 @@ def test_kill_9_at_random_moments_loses_nobody_and_duplicates_at_most_the_messag
     print(f"kill -9 x{kills}: {recipients} recipients, {duplicates} duplicate(s)")
     assert kills >= 5
     assert duplicates <= kills * cfg.smtp.connections
+
+
+def test_max_per_second_is_never_exceeded_across_connections(seeded, tmp_path, smtp_server):
+    cfg = load_config(str(write_config(tmp_path, smtp_server.port, smtp={"max_per_second": 20})))
+    for i in range(37):
+        SubscriberStore(seeded).add(f"reader{i}@example.com")
+    campaign.send_now(seeded, cfg, T0)
+    stamps = sorted(r.at for r in smtp_server.received)
+    assert len(stamps) == 40
+    busiest = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
+    assert busiest <= 20
+    # Paced evenly, not in bursts: 40 messages take about two seconds.
+    assert 1.8 <= stamps[-1] - stamps[0] <= 2.6
+
+
+def test_hourly_quota_ends_the_run_and_resumes_when_it_frees_up(seeded, tmp_path, smtp_server):
+    cfg = load_config(str(write_config(tmp_path, smtp_server.port, smtp={"max_per_hour": 2})))
+    [summary] = campaign.send_now(seeded, cfg, T0)
+    assert len(smtp_server.received) == 2 and not summary.finished and not summary.stopped
+    d = _digest(seeded)
+    assert d.next_run_at is not None and d.run_failures == 0
+    assert sorted(v[0] for v in _statuses(seeded).values()) == ["queued", "sent", "sent"]
