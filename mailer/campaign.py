@@ -40,14 +40,18 @@ def deliver_unfinished(
 
 
 def run_due(
-    db: Database, cfg: Config, now: datetime, stop: threading.Event | None = None
+    db: Database,
+    cfg: Config,
+    now: datetime,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[RunSummary, int], None] | None = None,
 ) -> list[RunSummary]:
     """The scheduled job: build the digest of the due slot (if any, once), then deliver."""
     schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
     slot = schedule.due_slot(now, timedelta(hours=cfg.schedule.grace_hours))
     if slot is not None:
         digests.build(db, cfg, slot)
-    return deliver_unfinished(db, cfg, stop)
+    return deliver_unfinished(db, cfg, stop, on_progress)
 
 
 def send_now(

@@ -168,6 +168,36 @@ class ArticlesConfig(_Section):
         return values
 
 
+_DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*")
+
+
+class DkimConfig(_Section):
+    enabled: bool = False
+    # The signing domain (d=) and selector (s=): the public key is published as a TXT
+    # record at <selector>._domainkey.<domain>.
+    domain: str = ""
+    selector: str = ""
+    # PEM RSA private key; relative to the config file (Config.resolve).
+    key_file: str = ""
+
+    @field_validator("domain", "selector")
+    @classmethod
+    def _valid_dns_name(cls, value: str) -> str:
+        if value and not _DNS_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a DNS name (ASCII letters, digits, '-', '_' and dots)")
+        return value
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> DkimConfig:
+        if self.enabled:
+            values = {"domain": self.domain, "selector": self.selector, "key_file": self.key_file}
+            missing = [f"dkim.{key}" for key, value in values.items() if not value.strip()]
+            if missing:
+                verb = "is" if len(missing) == 1 else "are"
+                raise ValueError(f"{', '.join(missing)} {verb} required when dkim.enabled = true")
+        return self
+
+
 class ThemeConfig(_Section):
     slug: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
     name: str
@@ -192,6 +222,7 @@ class Settings(BaseSettings):
     delivery: DeliveryConfig = DeliveryConfig()
     web: WebConfig = WebConfig()
     articles: ArticlesConfig = ArticlesConfig()
+    dkim: DkimConfig = DkimConfig()
     themes: list[ThemeConfig] = Field(
         default_factory=lambda: [ThemeConfig(slug="other", name="More news", fallback=True)]
     )

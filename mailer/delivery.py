@@ -50,6 +50,7 @@ from sqlalchemy.orm import Session
 from mailer import digest as digests
 from mailer.config import Config
 from mailer.db import Database
+from mailer.dkim import DkimSigner
 from mailer.message import MessageTemplate, Recipient
 from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber, utcnow
 from mailer.smtp import Outcome, Result, SmtpConnection, SmtpFatal
@@ -202,6 +203,8 @@ class Deliverer:
         self.ignore_backoff = ignore_backoff
         self.tokens = Tokens(load_secret(cfg.var_dir))
         self.limiter = RateLimiter(cfg.smtp.max_per_second, cfg.smtp.max_per_hour)
+        # Loaded and checked once: a bad key refuses the run before anything is sent.
+        self.signer = DkimSigner.from_config(cfg)
 
     # ------------------------------------------------------------------ the run
 
@@ -283,7 +286,10 @@ class Deliverer:
                     return
                 try:
                     if _still_active(conn, job.recipient.subscriber_id):
-                        result = smtp.send(sender, job.recipient.email, template.render(job.recipient))
+                        data = template.render(job.recipient)
+                        if self.signer is not None:
+                            data = self.signer.sign(data)  # last: after the message is final
+                        result = smtp.send(sender, job.recipient.email, data)
                     else:
                         result = Result(Outcome.SKIPPED, "subscriber no longer active")
                 except SmtpFatal as exc:
@@ -539,8 +545,12 @@ def send_test(cfg: Config, html: str, text: str, subject: str, to: str) -> str:
     """A test copy of a digest to one address; no state changes. Returns the server reply."""
     template = MessageTemplate(cfg, 0, f"[TEST] {subject}", html, text)
     rcpt = Recipient(0, to, "", cfg.digest.base_url + digests.PREVIEW_UNSUBSCRIBE)
+    data = template.render(rcpt)
+    signer = DkimSigner.from_config(cfg)
+    if signer is not None:
+        data = signer.sign(data)
     with SmtpConnection(cfg.smtp) as smtp:
-        result = smtp.send(cfg.smtp.from_address, to, template.render(rcpt))
+        result = smtp.send(cfg.smtp.from_address, to, data)
     if result.outcome is not Outcome.SENT:
         raise SmtpFatal(f"test copy to {to} not accepted: {result.reply}")
     return result.reply

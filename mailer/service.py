@@ -19,7 +19,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from waitress.server import create_server
 
-from mailer import campaign
+from mailer import campaign, progress
 from mailer.catcher import MailCatcher
 from mailer.config import Config
 from mailer.db import Database
@@ -50,7 +50,11 @@ class Service:
         if self.stop.is_set() or not self._lock.acquire(blocking=False):
             return
         try:
-            campaign.run_due(self.db, self.cfg, utcnow(), self.stop)
+            # The service logs progress lines (never a progress bar, even on a terminal).
+            with progress.reporter(self.db, tty=False) as on_progress:
+                for summary in campaign.run_due(self.db, self.cfg, utcnow(), self.stop, on_progress):
+                    if summary.sent or summary.retry or summary.failed or summary.finished:
+                        log.info("%s", progress.summary_line(summary))
         except MailerError as exc:
             log.error("%s", exc)
         except Exception:
