@@ -84,6 +84,7 @@ class RunSummary:
     stopped: str = ""
     # Set when the run ended because smtp.max_per_hour was used up.
     quota_until: datetime | None = None
+    seconds: float = 0.0  # how long this run delivered
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -237,9 +238,11 @@ class Deliverer:
                 self._give_up(s, d, now)
             template = MessageTemplate(self.cfg, d.id, d.subject, d.html, d.text)
         halt = threading.Event()  # a relay-wide problem: every worker stops
+        started = time.monotonic()
         try:
             self._coordinate(template, summary, halt)
         finally:
+            summary.seconds = time.monotonic() - started
             if self.limiter.quota_reset is not None:
                 summary.quota_until = datetime.fromtimestamp(self.limiter.quota_reset, UTC)
             self._release(summary)

@@ -94,6 +94,8 @@ def summary_line(s: RunSummary) -> str:
         f"{c.get('queued', 0) + c.get('sending', 0)} queued, {c.get('failed', 0)} failed, "
         f"{c.get('skipped', 0)} skipped"
     )
+    if s.seconds and s.sent:
+        line += f"; {s.sent / s.seconds:,.0f} msg/s over {s.seconds:.1f} s"
     if c.get("retry"):
         line += " (the service retries them on schedule)"
     if s.quota_until is not None:
