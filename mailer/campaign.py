@@ -26,13 +26,15 @@ def deliver_unfinished(
     cfg: Config,
     stop: threading.Event | None = None,
     on_progress: Callable[[RunSummary, int], None] | None = None,
+    ignore_backoff: bool = False,
 ) -> list[RunSummary]:
-    """Deliver (resume) every digest that has not finished, oldest first."""
+    """Deliver (resume) every digest that has not finished, oldest first. A digest whose
+    last run stopped on a relay-wide problem waits for its back-off, unless asked not to."""
     out = []
     for d in digests.unfinished(db):
         if stop is not None and stop.is_set():
             break
-        summary = delivery.deliver(db, cfg, d.id, stop, on_progress)
+        summary = delivery.deliver(db, cfg, d.id, stop, on_progress, ignore_backoff)
         if summary.stopped:
             log.error("digest #%s: %s", d.issue_number, summary.stopped)
         out.append(summary)
@@ -61,7 +63,8 @@ def send_now(
     stop: threading.Event | None = None,
     on_progress: Callable[[RunSummary, int], None] | None = None,
 ) -> list[RunSummary]:
-    """`digest send --now`: resume an unfinished digest, or build one for this moment."""
+    """`digest send --now`: resume an unfinished digest, or build one for this moment.
+    The editor asked for it now, so a back-off from an earlier failed run is ignored."""
     if not digests.unfinished(db):
         digests.build(db, cfg, digests.manual_slot(now), record_skip=False)
-    return deliver_unfinished(db, cfg, stop, on_progress)
+    return deliver_unfinished(db, cfg, stop, on_progress, ignore_backoff=True)
