@@ -152,12 +152,15 @@ class ArticlesConfig(_Section):
     boilerplate: list[str] = Field(default_factory=list)
     # Regular expressions (case-insensitive, whole line) for scraped-page chrome to drop.
     chrome: list[str] = Field(default_factory=list)
+    # Regular expressions (case-sensitive) removed from inside paragraphs: chrome that a
+    # scraper glued into running text, such as photo credits.
+    inline_chrome: list[str] = Field(default_factory=list)
     # A line matching one of these ends the article; what follows is a block of teasers.
     related_markers: list[str] = Field(default_factory=list)
     import_related: bool = True
     seed_folder: str = "seeds"
 
-    @field_validator("chrome", "related_markers")
+    @field_validator("chrome", "inline_chrome", "related_markers")
     @classmethod
     def _valid_regexes(cls, values: list[str]) -> list[str]:
         for pattern in values:

@@ -63,7 +63,7 @@ class Article(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     imported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     theme: Mapped[str] = mapped_column(String(64), index=True)
-    # sha256 of the normalised title and body: the de-duplication key.
+    # sha256 of the normalised body (letters and digits only): the de-duplication key.
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     # Set in the transaction that builds a digest: the article is then reserved for it.
     digest_id: Mapped[int | None] = mapped_column(ForeignKey("digests.id", ondelete="RESTRICT"), index=True)

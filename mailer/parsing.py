@@ -88,6 +88,7 @@ class Cleaner:
     def __init__(self, cfg: ArticlesConfig) -> None:
         self.boilerplate = [s for s in (squash(b) for b in cfg.boilerplate) if s]
         self.chrome = [re.compile(p, re.IGNORECASE) for p in cfg.chrome]
+        self.inline_chrome = [re.compile(p) for p in cfg.inline_chrome]
         self.related = [re.compile(p, re.IGNORECASE) for p in cfg.related_markers]
         self.import_related = cfg.import_related
 
@@ -106,6 +107,19 @@ class Cleaner:
 
     def is_chrome(self, line: str) -> bool:
         return any(p.fullmatch(line) for p in self.chrome)
+
+    def strip_inline(self, paragraphs: list[str]) -> list[str]:
+        """Remove chrome that a scraper glued into running text (e.g. "Photo: AFP")."""
+        if not self.inline_chrome:
+            return paragraphs
+        out = []
+        for text in paragraphs:
+            for pattern in self.inline_chrome:
+                text = pattern.sub(" ", text)
+            text = " ".join(text.split())
+            if squash(text):
+                out.append(text)
+        return out
 
     def is_related_marker(self, line: str) -> bool:
         return any(p.fullmatch(line) for p in self.related)
@@ -135,7 +149,7 @@ class Cleaner:
         if not kept:
             return
         for title, body in _split_untitled(kept[0], kept[1:]):
-            paragraphs = _paragraphs(body)
+            paragraphs = self.strip_inline(_paragraphs(body))
             problem = _title_problem(title)
             if problem:
                 result.skipped.append(f"{problem}: {_preview(title)}")
@@ -154,7 +168,7 @@ class Cleaner:
         if len(rest) != len(lines) - 2 or len(rest) < 2 or _title_problem(rest[0]):
             result.skipped.append(f"unrecognised related-article block: {_preview(lines[0])}")
             return
-        result.articles.append(ParsedArticle(rest[0], _paragraphs(rest[1:]), source))
+        result.articles.append(ParsedArticle(rest[0], self.strip_inline(_paragraphs(rest[1:])), source))
 
 
 def paragraphs_of(text: str, cleaner: Cleaner | None = None) -> list[str]:

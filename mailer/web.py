@@ -265,7 +265,8 @@ def create_app(db: Database, cfg: Config) -> Flask:
     @app.post("/unsubscribe/<token>")
     def unsubscribe(token: str) -> str:
         # RFC 8058 one-click: the POST itself unsubscribes, no cookie, no redirect, 200.
-        sub = _change(token, "unsubscribed", lambda st: st == "active")
+        # A bounced address that says stop is unsubscribed too: their word wins.
+        sub = _change(token, "unsubscribed", lambda st: st != "unsubscribed")
         return render_template("web_unsubscribe.html", preview=False, sub=sub, token=token, done=True)
 
     @app.post("/resubscribe/<token>")

@@ -321,3 +321,10 @@ def test_teasers_are_skipped_with_a_reason_when_import_related_is_off(articles_c
         "How Alibaba is turning into China's AI powerhouse and a school for entrepreneurs"
     ]
     assert result.skipped == ["related-article teasers (import_related is off)"]
+
+
+def test_photo_credits_glued_into_scraped_text_are_removed():
+    cleaner = Cleaner(load_config(str(ROOT / "config.toml")).articles)
+    text = "Title here\n\nTech giants like ByteDance and Microsoft. Photo: Handout Having reduced oil.\n"
+    [article] = cleaner.parse(text).articles
+    assert article.paragraphs == ["Tech giants like ByteDance and Microsoft. Having reduced oil."]
