@@ -55,17 +55,22 @@ def collect_files(paths: list[str]) -> list[Path]:
     return files
 
 
+def is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with nothing unprintable in it: the only links ever emitted."""
+    parts = urlsplit(url)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.netloc)
+        and not any(c.isspace() or not c.isprintable() for c in url)
+    )
+
+
 def check_url(url: str | None) -> str | None:
     """Only absolute http(s) URLs are ever stored (and so ever emitted in a link)."""
     if not url:
         return None
     url = url.strip()
-    parts = urlsplit(url)
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.netloc
-        or any(c.isspace() or not c.isprintable() for c in url)
-    ):
+    if not is_http_url(url):
         raise InputError(f"--url {url!r}: only absolute http:// or https:// URLs are allowed")
     return url
 

@@ -34,10 +34,7 @@ def deliver_unfinished(
     for d in digests.unfinished(db):
         if stop is not None and stop.is_set():
             break
-        summary = delivery.deliver(db, cfg, d.id, stop, on_progress, ignore_backoff)
-        if summary.stopped:
-            log.error("digest #%s: %s", d.issue_number, summary.stopped)
-        out.append(summary)
+        out.append(delivery.deliver(db, cfg, d.id, stop, on_progress, ignore_backoff))
     return out
 
 

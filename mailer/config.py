@@ -48,6 +48,26 @@ class SmtpConfig(_Section):
     max_per_second: Annotated[int, Field(ge=0)] = 0
     max_per_hour: Annotated[int, Field(ge=0)] = 0
 
+    @field_validator("from_address")
+    @classmethod
+    def _valid_from(cls, value: str) -> str:
+        from email_validator import EmailNotValidError, validate_email
+
+        try:
+            result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"from_address {value!r} is not an email address: {exc}") from None
+        return result.ascii_email or result.normalized
+
+    @field_validator("message_id_domain")
+    @classmethod
+    def _valid_domain(cls, value: str) -> str:
+        if value and not re.fullmatch(
+            r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*", value
+        ):
+            raise ValueError(f"message_id_domain must be a plain DNS name, got {value!r}")
+        return value
+
 
 class CatcherConfig(_Section):
     enabled: bool = False
@@ -110,8 +130,11 @@ class DigestConfig(_Section):
     @field_validator("base_url")
     @classmethod
     def _valid_base_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError(f"base_url must be an http(s) URL, got {value!r}")
+        # Printable ASCII only: it is written into links and the List-Unsubscribe header.
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+(/[!-~]*)?", value) or any(
+            c in value for c in "<>\"'"
+        ):
+            raise ValueError(f"base_url must be an absolute http(s) URL in plain ASCII, got {value!r}")
         return value.rstrip("/")
 
     @field_validator("accent_color")

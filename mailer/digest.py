@@ -18,6 +18,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined,
 from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
+from mailer.articles import is_http_url
 from mailer.config import Config
 from mailer.db import Database
 from mailer.errors import InputError
@@ -85,7 +86,11 @@ class Renderer:
         self.env = template_environment(cfg)
 
     def article_url(self, article: Article) -> str:
-        return article.url or f"{self.cfg.digest.base_url}/articles/{article.id}"
+        # Checked again here, not only when stored: a row edited behind the store's back
+        # must not put a javascript: link in anyone's mail.
+        if article.url and is_http_url(article.url):
+            return article.url
+        return f"{self.cfg.digest.base_url}/articles/{article.id}"
 
     def content(self, articles: list[Article], issue: int, when: datetime) -> Content:
         d = self.cfg.digest

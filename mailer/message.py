@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
-from email.headerregistry import Address
+from email.header import Header
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime, quote
+from urllib.parse import quote as url_quote
 
 from mailer.config import Config
 from mailer.digest import UNSUBSCRIBE_PLACEHOLDER
@@ -34,14 +35,20 @@ class Recipient:
 
 
 def message_id_domain(cfg: Config) -> str:
-    return cfg.smtp.message_id_domain or cfg.smtp.from_address.rpartition("@")[2] or "localhost"
+    domain = cfg.smtp.message_id_domain or cfg.smtp.from_address.rpartition("@")[2]
+    # Neither key is validated as a domain by config.py, and the result is written into
+    # Message-ID and List-Id as it is: a CR/LF there would start a header of its own.
+    return _NOT_IN_DOMAIN.sub("", domain) or "localhost"
+
+
+_NOT_IN_DOMAIN = re.compile(r"[^A-Za-z0-9.-]+")
 
 
 def list_id(cfg: Config) -> str:
     """RFC 2919: a phrase and <label.domain>, the label derived from the newsletter name."""
-    label = re.sub(r"[^a-z0-9]+", "-", cfg.digest.name.lower()).strip("-") or "newsletter"
-    phrase = " ".join(cfg.digest.name.split())
-    return f"{phrase} <{label}.{message_id_domain(cfg)}>"
+    # At most 63 characters, like a DNS label: an unbounded one made a line over 998 octets.
+    label = re.sub(r"[^a-z0-9]+", "-", cfg.digest.name.lower())[:63].strip("-") or "newsletter"
+    return _with_phrase("List-Id", _header_safe(cfg.digest.name), f"<{label}.{message_id_domain(cfg)}>")
 
 
 def message_id(cfg: Config, digest_id: int, subscriber_id: int) -> str:
@@ -56,6 +63,33 @@ def _header_safe(text: str) -> str:
     return " ".join(text.split())
 
 
+# Display names are encoded with email.header.Header (RFC 2047 words of at most 75
+# characters, folded) and written into the bytes directly: formataddr makes ONE encoded
+# word of any length (a 200-emoji name gave a 1,100-octet line, over RFC 5322's 998), and
+# the email package, folding a long display name with specials, drops its quotes ("From:
+# Eve Bcc: x@example.com ..." then parses as a group).
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
+_PLAIN_MAX = 200  # longer ASCII names are encoded too, so that they can be folded
+
+
+def _phrase(text: str, header_name: str) -> str:
+    """`text` (already _header_safe) as an RFC 5322 phrase: as is, quoted, or encoded."""
+    if text.isascii() and len(text) <= _PLAIN_MAX:
+        return f'"{quote(text)}"' if _SPECIALS.search(text) else text
+    # maxlinelen 75: each encoded word stays within RFC 2047's 75 characters.
+    return Header(text, "utf-8", header_name=header_name).encode(linesep="\r\n", maxlinelen=75)
+
+
+def _with_phrase(header_name: str, phrase: str, angle_addr: str) -> str:
+    """The value of `header_name: phrase <addr>`, lines kept within 78 characters."""
+    if not phrase:
+        return angle_addr
+    words = _phrase(phrase, header_name)
+    last = words.rpartition("\r\n")[2] if "\r\n" in words else f"{header_name}: {words}"
+    joint = "\r\n " if len(last) + 1 + len(angle_addr) > 78 else " "
+    return f"{words}{joint}{angle_addr}"
+
+
 class MessageTemplate:
     """The serialised skeleton of one digest's message, split at the per-recipient markers."""
 
@@ -65,13 +99,16 @@ class MessageTemplate:
         self.html = _Body(html)
         self.text = _Body(text)
         msg = EmailMessage(policy=SMTP)
-        msg["From"] = Address(display_name=_header_safe(cfg.smtp.from_name), addr_spec=cfg.smtp.from_address)
+        # From and List-Id are written into the bytes below, already encoded and folded
+        # (see _with_phrase): the email package, folding a long display name with specials,
+        # drops its quotes ("From: Eve Bcc: x@example.com ..." then parses as a group).
+        msg["From"] = _MARK.format("from")
         msg["To"] = _MARK.format("to")
         msg["Subject"] = _header_safe(subject)
         # Stamped when this delivery run starts (a template lives for one run).
         msg["Date"] = format_datetime(utcnow())
         msg["Message-ID"] = _MARK.format("msgid")
-        msg["List-Id"] = list_id(cfg)
+        msg["List-Id"] = _MARK.format("listid")
         msg["List-Unsubscribe"] = f"<{_MARK.format('unsub')}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         # Text first, HTML second: clients show the last alternative they can render.
@@ -80,7 +117,14 @@ class MessageTemplate:
         for part in msg.iter_parts():
             # The marker is replaced by the base64 of the personalised body.
             part.replace_header("Content-Transfer-Encoding", "base64")
+            # add_alternative gives the HTML part a MIME-Version of its own: it belongs at
+            # the top only (RFC 2045 4), and the two parts should carry the same headers.
+            del part["MIME-Version"]
+        address = f"<{_header_safe(cfg.smtp.from_address)}>"
+        sender = _with_phrase("From", _header_safe(cfg.smtp.from_name), address)
         raw = msg.as_bytes()
+        for field, value in (("from", sender), ("listid", list_id(cfg))):
+            raw = raw.replace(_MARK.format(field).encode(), value.encode("utf-8"))
         pieces = _SPLIT.split(raw)
         # pieces alternates literal bytes and field names: [lit, name, lit, name, ..., lit]
         self.literals = pieces[0::2]
@@ -89,9 +133,17 @@ class MessageTemplate:
             raise RuntimeError(f"message skeleton lost a marker: {self.fields}")
 
     def render(self, rcpt: Recipient) -> bytes:
-        url = rcpt.unsubscribe_url.encode("ascii")
+        # digest.base_url is only checked up to the host name: whatever follows (CR/LF, a
+        # space, a quote, non-ASCII) must neither start a header of its own in
+        # List-Unsubscribe nor leave the href in the HTML, nor crash the ASCII encoding.
+        url_text = rcpt.unsubscribe_url
+        if not _URL_OK.fullmatch(url_text):
+            url_text = url_quote(url_text, safe=_URL_SAFE)
+        url = url_text.encode("ascii")
+        email = _header_safe(rcpt.email)  # normalised when stored; this guards raw rows
+        display = _header_safe(rcpt.name)
         values = {
-            "to": formataddr((_header_safe(rcpt.name), rcpt.email), charset="utf-8").encode(),
+            "to": (_with_phrase("To", display, f"<{email}>") if display else email).encode("utf-8"),
             "msgid": message_id(self.cfg, self.digest_id, rcpt.subscriber_id).encode(),
             "unsub": url,
             "text": self.text.base64(url),
@@ -127,3 +179,6 @@ class _Body:
 
 
 _B64_LINE = 57  # input bytes per 76-character base64 line (RFC 2045)
+# RFC 3986 reserved characters and "%" stay; anything else outside unreserved is escaped.
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+_URL_OK = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]*")

@@ -55,6 +55,8 @@ class Service:
                 for summary in campaign.run_due(self.db, self.cfg, utcnow(), self.stop, on_progress):
                     if summary.sent or summary.retry or summary.failed or summary.finished:
                         log.info("%s", progress.summary_line(summary))
+                    if summary.stopped and not summary.waiting:
+                        log.error("digest #%s: %s", summary.issue, summary.stopped)
         except MailerError as exc:
             log.error("%s", exc)
         except Exception:

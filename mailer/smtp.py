@@ -137,6 +137,13 @@ class SmtpConnection:
         as ready bytes: the template guarantees CRLF line ends."""
         assert self.conn is not None
         conn = self.conn
+        # The commands below are written by hand (smtplib's putcmd, which refuses CR/LF, is
+        # bypassed), so an address that could end the command line or the <path> never
+        # goes out: "x@example.com>\r\nRCPT TO:<victim@example.com" would add a recipient.
+        if not _plain_address(sender):
+            return Result(Outcome.FATAL, f"MAIL FROM: sender address {sender!r} is not usable")
+        if not _plain_address(recipient):
+            return Result(Outcome.PERMANENT, f"recipient address {recipient!r} is not usable (not sent)")
         # Dot-stuffing (RFC 5321 4.5.2) in C: a no-op for our base64 bodies.
         data = (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
         if conn.does_esmtp and conn.has_extn("pipelining"):
@@ -184,6 +191,14 @@ class SmtpConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _plain_address(address: str) -> bool:
+    """Printable ASCII without angle brackets: safe inside MAIL FROM:<...> / RCPT TO:<...>."""
+    return address.isascii() and address.isprintable() and not _ANGLE & set(address)
+
+
+_ANGLE = frozenset("<>")
 
 
 def _check(reply: tuple[int, bytes]) -> tuple[int, bytes]:

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from mailer import catcher
 from mailer import digest as digests
+from mailer.articles import is_http_url
 from mailer.config import Config
 from mailer.db import Database
 from mailer.digest import (
@@ -233,6 +234,7 @@ def create_app(db: Database, cfg: Config) -> Flask:
             a=a,
             theme=themes.name(a.theme),
             lead=lead_of(a.paragraphs, cfg.digest.lead_chars),
+            original=a.url if a.url and is_http_url(a.url) else None,
         )
 
     def _subscriber(token: str) -> Subscriber:
