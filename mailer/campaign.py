@@ -19,6 +19,7 @@ from mailer.delivery import RunSummary
 from mailer.scheduler import Schedule
 
 log = logging.getLogger(__name__)
+MIN_GRACE = timedelta(minutes=5)
 
 
 def deliver_unfinished(
@@ -47,7 +48,9 @@ def run_due(
 ) -> list[RunSummary]:
     """The scheduled job: build the digest of the due slot (if any, once), then deliver."""
     schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
-    slot = schedule.due_slot(now, timedelta(hours=cfg.schedule.grace_hours))
+    # At least a few minutes: the job itself runs a moment after the slot's instant.
+    grace = max(timedelta(hours=cfg.schedule.grace_hours), MIN_GRACE)
+    slot = schedule.due_slot(now, grace)
     if slot is not None:
         digests.build(db, cfg, slot)
     return deliver_unfinished(db, cfg, stop, on_progress)

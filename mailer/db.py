@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 BUSY_TIMEOUT_MS = 30_000
 # The newest Alembic revision (tests/test_db.py checks it against migrations/). Knowing it
 # lets a command skip importing Alembic (~11 MB, ~0.2 s) when the schema is current.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 def make_engine(url: str) -> Engine:
@@ -29,7 +29,11 @@ def make_engine(url: str) -> Engine:
         return create_engine(url)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    # Each SMTP connection's worker keeps a database connection for the whole run, beside
+    # the web server's threads: room for smtp.connections up to its maximum of 64.
+    engine = create_engine(
+        url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, pool_size=5, max_overflow=100
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -108,7 +108,14 @@ def _owner_alive(owner: str) -> bool:
 
 def _acquire(s: Session, d: Digest, now: datetime) -> bool:
     owner = d.lease_owner
-    if owner and owner != OWNER and d.lease_until and d.lease_until > now and _owner_alive(owner):
+    if (
+        owner
+        and owner != OWNER
+        and _owner_alive(owner)
+        and (owner.partition(":")[0] == socket.gethostname() or (d.lease_until and d.lease_until > now))
+    ):
+        # A live process on this host keeps its claim however slow it is (a tight rate
+        # limit); one on another host keeps it while it renews the lease.
         return False
     if owner != OWNER:
         # Whoever had it is gone: what it had in flight may or may not have gone out, so
@@ -137,11 +144,15 @@ class RateLimiter:
     burst-then-wait window would let completion jitter put more than the limit into some
     one-second window as the relay sees it. Per hour, `limits`' moving window counts."""
 
-    def __init__(self, per_second: int, per_hour: int) -> None:
+    def __init__(self, per_second: int, per_hour: int, sent_last_hour: int = 0) -> None:
         self.interval = 1.01 / per_second if per_second else 0.0
         self.next_at = 0.0
         self.hourly = RateLimitItemPerHour(per_hour) if per_hour else None
         self.window = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+        if self.hourly is not None and sent_last_hour:
+            # What earlier runs sent in the last hour counts as if sent just now: never
+            # over the quota, at worst a little late.
+            self.window.hit(self.hourly, "smtp", cost=min(sent_last_hour, per_hour))
         self.lock = threading.Lock()
         # When the hourly quota is used up: the epoch time it frees up again.
         self.quota_reset: float | None = None
@@ -203,9 +214,16 @@ class Deliverer:
         self.on_progress = on_progress
         self.ignore_backoff = ignore_backoff
         self.tokens = Tokens(load_secret(cfg.var_dir))
-        self.limiter = RateLimiter(cfg.smtp.max_per_second, cfg.smtp.max_per_hour)
+        self.limiter = RateLimiter(cfg.smtp.max_per_second, cfg.smtp.max_per_hour, self._sent_last_hour())
         # Loaded and checked once: a bad key refuses the run before anything is sent.
         self.signer = DkimSigner.from_config(cfg)
+
+    def _sent_last_hour(self) -> int:
+        if not self.cfg.smtp.max_per_hour:
+            return 0
+        with self.db.session() as s:
+            since = utcnow() - timedelta(hours=1)
+            return s.scalar(select(func.count()).where(Delivery.sent_at > since)) or 0
 
     # ------------------------------------------------------------------ the run
 
@@ -234,7 +252,7 @@ class Deliverer:
             if not _acquire(s, d, now):
                 summary.busy = True
                 return summary
-            if now - d.created_at > digests.give_up_age(self.cfg):
+            if now - (d.retried_at or d.created_at) > digests.give_up_age(self.cfg):
                 self._give_up(s, d, now)
             template = MessageTemplate(self.cfg, d.id, d.subject, d.html, d.text)
         halt = threading.Event()  # a relay-wide problem: every worker stops
@@ -256,10 +274,17 @@ class Deliverer:
         ]
         for w in workers:
             w.start()
+        renewed = time.monotonic()
         try:
             while any(w.is_alive() for w in workers):
                 if self.stop.wait(0.05):
                     halt.set()  # SIGTERM/Ctrl-C: finish the messages in flight, then stop
+                if time.monotonic() - renewed > LEASE.total_seconds() / 3:
+                    # Renewed on a timer, not only per claimed batch: a rate-limited batch
+                    # can take longer than the lease.
+                    with shared.write_lock:
+                        self._renew_lease(summary.digest_id)
+                    renewed = time.monotonic()
         finally:
             halt.set()  # also wakes workers blocked in the rate limiter
             for w in workers:
@@ -310,6 +335,14 @@ class Deliverer:
         finally:
             smtp.close()
             conn.close()
+
+    def _renew_lease(self, digest_id: int) -> None:
+        with self.db.session() as s:
+            s.execute(
+                update(Digest)
+                .where(Digest.id == digest_id, Digest.lease_owner == OWNER)
+                .values(lease_until=utcnow() + LEASE)
+            )
 
     def _next_job(self, shared: _Shared, summary: RunSummary) -> _Job | None:
         with shared.write_lock:
@@ -475,7 +508,7 @@ class Deliverer:
                 # Hourly quota used up: not a failure, just resume when it frees up.
                 d.next_run_at = summary.quota_until
             if not any(summary.counts.get(st, 0) for st in DELIVERY_PENDING):
-                digests.finish(s, d, now)
+                digests.finish(s, d, now, delivered=summary.counts.get("sent", 0) > 0)
                 summary.finished = True
         if summary.finished:
             log.info("digest #%s finished: %s", summary.issue, summary.counts)
@@ -537,6 +570,7 @@ def retry_failed(db: Database, digest_id: int) -> int:
         ).rowcount
         if n:
             d.status = "sending"
+            d.retried_at = utcnow()  # the give-up clock starts again
             d.finished_at = None
             d.next_run_at = None
             d.run_failures = 0

@@ -213,11 +213,16 @@ def build(db: Database, cfg: Config, slot: Slot, record_skip: bool = True) -> Di
         if s.scalar(select(Digest.id).where(Digest.slot_key == slot.key)) is not None:
             return None
         articles = _unsent(s, cfg.digest.max_articles, renderer.themes)
+        audience = s.scalar(select(func.count()).where(Subscriber.status == "active")) or 0
+        note = ""
         if len(articles) < max(cfg.digest.min_articles, 1):
             note = (
                 f"skipped: {len(articles)} unsent article(s), the minimum is "
                 f"{max(cfg.digest.min_articles, 1)}"
             )
+        elif audience == 0:
+            note = "skipped: no active subscribers"
+        if note:
             if not record_skip:
                 raise InputError(f"no digest: {note.removeprefix('skipped: ')}")
             log.info("slot %s: %s", slot.key, note)
@@ -267,13 +272,20 @@ def unfinished(db: Database) -> list[Digest]:
         return list(s.scalars(select(Digest).where(Digest.status == "sending").order_by(Digest.id)))
 
 
-def finish(s: Session, digest: Digest, now: datetime) -> None:
-    """The digest has delivered: mark it and its articles sent."""
-    digest.status = "sent"
+def finish(s: Session, digest: Digest, now: datetime, delivered: bool = True) -> None:
+    """The digest has finished delivering: mark it and its articles sent. If it reached
+    nobody at all (every delivery failed or was skipped), it is `failed` and its articles
+    are released for the next digest: an article is sent when someone got it."""
     digest.finished_at = now
     digest.lease_owner = None
     digest.lease_until = None
-    s.execute(update(Article).where(Article.digest_id == digest.id).values(sent_at=now))
+    if delivered:
+        digest.status = "sent"
+        s.execute(update(Article).where(Article.digest_id == digest.id).values(sent_at=now))
+    else:
+        digest.status = "failed"
+        digest.note = "reached nobody; its articles go into the next digest"
+        s.execute(update(Article).where(Article.digest_id == digest.id).values(digest_id=None))
 
 
 @dataclass

@@ -123,6 +123,8 @@ class Digest(Base):
     last_error: Mapped[str] = mapped_column(String(1000), default="", server_default="")
     run_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set by `digest retry`: the give-up age counts from here instead of created_at.
+    retried_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     articles: Mapped[list[Article]] = relationship(back_populates="digest")
 

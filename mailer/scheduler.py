@@ -56,6 +56,12 @@ def make_trigger(cron: str, timezone: str) -> CronTrigger:
     if len(fields) != 5:
         raise ValueError(f"cron expression {cron!r} needs 5 fields, it has {len(fields)}")
     minute, hour, day, month, dow = fields
+    if day != "*" and dow != "*":
+        # cron runs when EITHER field matches, APScheduler only when both do: refuse
+        # rather than send on different days than the expression says.
+        raise ValueError(
+            f"cron expression {cron!r} restricts both day of month and day of week; restrict only one"
+        )
     try:
         return CronTrigger(
             minute=minute,

@@ -5,7 +5,7 @@ optional CA file). Replies are classified so that delivery knows what to do:
 
 * SENT      2xx for the whole transaction;
 * TEMPORARY 4xx, or the connection dropped: retry later, same Message-ID;
-* PERMANENT 5xx about the recipient (550/551/553 ...): record it, never retry;
+* PERMANENT 5xx about the recipient (550/551/553 at RCPT, or 5.1.x/5.2.x): record it;
 * FATAL     authentication, TLS or sender-policy failures (535, 530, 5.7.x on MAIL FROM),
             or a server that cannot be reached: not the recipient's fault, so the run
             stops and every delivery stays pending.
@@ -217,6 +217,11 @@ def _classify(code: int, text: bytes, stage: str) -> Result:
     # Authentication and security policy (5.7.x), or the relay refusing our sender: every
     # recipient would fail the same way, so it is a configuration problem.
     if code in (530, 534, 535, 538) or enhanced.startswith("5.7.") or stage == "MAIL FROM":
+        return Result(Outcome.FATAL, f"{stage}: {reply}")
+    # The message refused after the recipient was accepted ("554 message rejected", "552
+    # message too large"): the same message goes to everyone, so it is not this person's
+    # address, unless the code says so (5.1.x address, 5.2.x mailbox).
+    if stage == "DATA" and not enhanced.startswith(("5.1.", "5.2.")):
         return Result(Outcome.FATAL, f"{stage}: {reply}")
     return Result(Outcome.PERMANENT, reply)
 

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mailer import campaign
 from mailer.config import load_config
 from mailer.db import Database
-from mailer.models import Delivery, Digest, Subscriber
+from mailer.models import Article, Delivery, Digest, Subscriber
 from mailer.service import Service
 from mailer.subscribers import SubscriberStore
 from tests.conftest import ROOT, SEEDS, write_config
@@ -165,7 +165,23 @@ def test_leftovers_are_marked_failed_after_the_give_up_age(seeded, tmp_path, smt
         [summary] = campaign.deliver_unfinished(seeded, cfg)
     assert summary.finished
     assert {v for v in _statuses(seeded).values()} == {("failed", "gave up after 2 hours")}
-    assert _digest(seeded).status == "sent"
+    # It reached nobody: the digest failed and its articles wait for the next one.
+    assert _digest(seeded).status == "failed"
+    with seeded.session() as s:
+        assert s.scalar(select(func.count()).select_from(Article).where(Article.digest_id.is_not(None))) == 0
+    # An operator who fixed the relay can still send it: the give-up clock restarts.
+    from mailer import delivery as delivery_mod
+
+    back = SmtpServer()
+    back.controller.port = port
+    back.start()
+    try:
+        with freeze_time(T0 + timedelta(hours=3)):
+            assert delivery_mod.retry_failed(seeded, _digest(seeded).id) == 3
+            [again] = campaign.deliver_unfinished(seeded, cfg)
+        assert again.finished and again.sent == 3 and len(back.received) == 3
+    finally:
+        back.stop()
 
 
 def test_retry_command_puts_failed_deliveries_back_in_the_queue(seeded, cfg, smtp_server, run_cli):
@@ -258,3 +274,55 @@ def test_hourly_quota_ends_the_run_and_resumes_when_it_frees_up(seeded, tmp_path
     d = _digest(seeded)
     assert d.next_run_at is not None and d.run_failures == 0
     assert sorted(v[0] for v in _statuses(seeded).values()) == ["queued", "sent", "sent"]
+
+
+@pytest.mark.parametrize("reply", ["554 5.6.0 message rejected: content", "552 5.3.4 message too large"])
+def test_a_message_refused_at_data_stops_the_run_without_bouncing_anyone(seeded, cfg, smtp_server, reply):
+    smtp_server.handler.rule = lambda stage, addr: reply if stage == "DATA" else None
+    [summary] = campaign.send_now(seeded, cfg, T0)
+    assert reply in summary.stopped and not summary.finished
+    assert {v[0] for v in _statuses(seeded).values()} == {"queued"}
+    with seeded.session() as s:
+        assert {(sub.status, sub.bounce_count) for sub in s.scalars(select(Subscriber))} == {("active", 0)}
+
+
+def test_a_mailbox_refused_at_data_is_that_recipients_permanent_failure(seeded, cfg, smtp_server):
+    smtp_server.handler.rule = lambda stage, addr: (
+        "550 5.1.1 mailbox unavailable" if stage == "DATA" and addr == "ada@example.com" else None
+    )
+    [summary] = campaign.send_now(seeded, cfg, T0)
+    assert summary.finished and summary.failed == 1 and summary.sent == 2
+
+
+def test_a_live_process_keeps_its_delivery_lease_even_past_the_expiry(seeded, cfg, smtp_server):
+    import os
+    import socket
+
+    from mailer import delivery as delivery_mod
+    from mailer import digest as digests
+
+    d = digests.build(seeded, cfg, digests.manual_slot(T0))
+    with seeded.session() as s:
+        row = s.get(Digest, d.id)
+        row.lease_owner = f"{socket.gethostname()}:{os.getppid()}:other"  # alive: our parent
+        row.lease_until = T0 - timedelta(hours=1)  # long expired
+    summary = delivery_mod.deliver(seeded, cfg, d.id)
+    assert summary.busy and smtp_server.received == []
+
+
+def test_no_digest_is_built_for_an_empty_audience(db, cfg):
+    from mailer import digest as digests
+    from mailer.articles import ArticleStore
+
+    ArticleStore(db, cfg).import_paths([str(SEEDS)])
+    d = digests.build(db, cfg, digests.manual_slot(T0))
+    assert d.status == "skipped" and d.note == "skipped: no active subscribers"
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Article).where(Article.digest_id.is_not(None))) == 0
+
+
+def test_hourly_quota_counts_what_earlier_runs_sent(seeded, tmp_path, smtp_server):
+    cfg = load_config(str(write_config(tmp_path, smtp_server.port, smtp={"max_per_hour": 2})))
+    campaign.send_now(seeded, cfg, T0)
+    [again] = campaign.send_now(seeded, cfg, T0)
+    assert len(smtp_server.received) == 2 and again.sent == 0

@@ -69,3 +69,24 @@ def test_due_slot_is_the_latest_past_slot_within_the_grace_period(now, expected)
     schedule = Schedule("0 8 * * mon", "Europe/Berlin")
     slot = schedule.due_slot(now, timedelta(hours=12))
     assert (slot.key if slot else None) == expected
+
+
+def test_an_expression_restricting_both_day_fields_is_refused():
+    # cron would send on the 1st OR on Mondays; APScheduler only on Mondays the 1st.
+    with pytest.raises(ValueError, match="restricts both day of month and day of week"):
+        Schedule("0 8 1 * mon", "UTC")
+
+
+def test_a_zero_grace_period_still_sends_the_slot_when_the_job_runs_a_moment_late(
+    seeded, tmp_path, smtp_server
+):
+    from freezegun import freeze_time
+
+    from mailer import campaign
+    from mailer.config import load_config
+    from tests.conftest import write_config
+
+    cfg = load_config(str(write_config(tmp_path, smtp_server.port, schedule={"grace_hours": 0})))
+    with freeze_time(datetime(2026, 11, 30, 7, 0, 2, tzinfo=UTC)):
+        campaign.run_due(seeded, cfg, datetime(2026, 11, 30, 7, 0, 2, tzinfo=UTC))
+    assert len(smtp_server.received) == 3
