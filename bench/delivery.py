@@ -141,7 +141,7 @@ def bench_mailer(n: int, tmp: Path) -> dict[str, float]:
                 "--now",
             ],
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             check=False,
         )

@@ -140,12 +140,12 @@ def counts(s: Session, digest_id: int) -> dict[str, int]:
 class RateLimiter:
     """smtp.max_per_second / max_per_hour, shared by every connection of this process.
 
-    Per second, messages are paced evenly (one every 1/limit s, with 1% to spare): a
+    Per second, messages are paced evenly (one every 1/limit s, with 2% to spare): a
     burst-then-wait window would let completion jitter put more than the limit into some
     one-second window as the relay sees it. Per hour, `limits`' moving window counts."""
 
     def __init__(self, per_second: int, per_hour: int, sent_last_hour: int = 0) -> None:
-        self.interval = 1.01 / per_second if per_second else 0.0
+        self.interval = 1.02 / per_second if per_second else 0.0
         self.next_at = 0.0
         self.hourly = RateLimitItemPerHour(per_hour) if per_hour else None
         self.window = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
