@@ -141,8 +141,7 @@ def bench_mailer(n: int, tmp: Path) -> dict[str, float]:
                 "--now",
             ],
             cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             check=False,
         )
         wall = time.perf_counter() - t0

@@ -13,6 +13,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -135,6 +136,12 @@ class DigestConfig(_Section):
             c in value for c in "<>\"'"
         ):
             raise ValueError(f"base_url must be an absolute http(s) URL in plain ASCII, got {value!r}")
+        host = urlsplit(value).hostname or ""
+        if value.startswith("http:") and not (
+            host == "localhost" or host.startswith("127.") or host == "::1"
+        ):
+            # Mailbox providers only honour one-click unsubscribe over https (RFC 8058).
+            raise ValueError(f"base_url must use https (http is only for a loopback preview), got {value!r}")
         return value.rstrip("/")
 
     @field_validator("accent_color")
