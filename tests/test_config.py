@@ -328,7 +328,7 @@ def test_config_errors_never_contain_the_password(
 
 
 def test_base_url_must_be_https_except_on_loopback(tmp_path):
-    with pytest.raises(ConfigError, match="digest.base_url: base_url must use https"):
+    with pytest.raises(ConfigError, match=r"digest\.base_url: base_url must use https"):
         load_config(str(write_config(tmp_path, 2525, digest={"base_url": "http://news.example.org"})))
     assert load_config(str(write_config(tmp_path, 2525, digest={"base_url": "https://news.example.org/"})))
     assert load_config(str(write_config(tmp_path, 2525, digest={"base_url": "http://localhost:8080"})))
