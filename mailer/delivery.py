@@ -32,6 +32,7 @@ Why this gives the crash bounds:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -51,6 +52,7 @@ from mailer import digest as digests
 from mailer.config import Config
 from mailer.db import Database
 from mailer.dkim import DkimSigner
+from mailer.errors import MailerError, NotFound
 from mailer.message import MessageTemplate, Recipient
 from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber, utcnow
 from mailer.smtp import Outcome, Result, SmtpConnection, SmtpFatal
@@ -328,6 +330,9 @@ class Deliverer:
                     self._record(conn, job, result, summary, halt, shared)
                 if result.outcome is Outcome.FATAL:
                     return
+        except MailerError as exc:  # e.g. the lease lost to another process: one line, no trace
+            shared.error = shared.error or exc
+            halt.set()
         except Exception as exc:  # a bug or a database failure stops the whole run
             log.exception("delivery worker failed")
             shared.error = shared.error or exc
@@ -446,7 +451,8 @@ class Deliverer:
             cur.execute(sql, args)
             cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            with contextlib.suppress(Exception):  # BEGIN itself may be what failed
+                cur.execute("ROLLBACK")
             raise
         finally:
             cur.close()
@@ -555,8 +561,6 @@ def retry_failed(db: Database, digest_id: int) -> int:
     with db.session() as s:
         d = s.get(Digest, digest_id)
         if d is None or d.issue_number is None:
-            from mailer.errors import NotFound
-
             raise NotFound(f"digest #{digest_id} does not exist or was skipped")
         active = select(Subscriber.id).where(Subscriber.status == "active")
         n = s.execute(
@@ -609,8 +613,6 @@ class DigestStatus:
 
 def status_of(db: Database, digest_id: int | None = None) -> DigestStatus:
     """`digest status`: where a digest's delivery stands (default: the newest one sent)."""
-    from mailer.errors import NotFound
-
     with db.session() as s:
         if digest_id is None:
             d = s.scalars(
