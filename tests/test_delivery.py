@@ -218,3 +218,22 @@ def test_test_copy_goes_to_one_address_and_changes_nothing(seeded, cfg, smtp_ser
 def test_send_needs_exactly_one_of_now_or_to(run_cli, args):
     result = run_cli("digest", "send", *args)
     assert result.exit_code == 1 and "exactly one of --now or --to" in result.output
+
+
+def test_unsubscribing_during_a_send_stops_mail_even_for_an_already_claimed_row(seeded, cfg, smtp_server):
+    for i in range(30):
+        SubscriberStore(seeded).add(f"reader{i:02d}@example.com")
+    smtp_server.handler.delay = 0.01
+    late = "reader29@example.com"
+
+    def unsubscribe_early(summary, _n):
+        if summary.sent == 2:
+            # Every row was claimed (set to `sending`) in the first batch: only the re-check
+            # just before each message can keep this one from going out.
+            SubscriberStore(seeded).unsubscribe(late)
+
+    [summary] = campaign.send_now(seeded, cfg, T0, on_progress=unsubscribe_early)
+    assert summary.finished
+    assert late not in [r.recipients[0] for r in smtp_server.received]
+    assert _rows(seeded)[late][0] == "skipped"
+    assert len(smtp_server.received) == 32
