@@ -133,3 +133,20 @@ def seeded(db: Database, cfg: Config) -> Database:
     for email, name in SUBSCRIBERS:
         store.add(email, name)
     return db
+
+
+def populate(config_path: Path, readers: int) -> Config:
+    """A database (for the config at config_path) with the sample articles and `readers`
+    active subscribers reader0000@example.com ...; for tests that run real processes."""
+    from mailer.articles import ArticleStore
+    from mailer.subscribers import SubscriberStore
+
+    cfg = load_config(str(config_path))
+    db = Database(cfg.database_url)
+    db.migrate()
+    ArticleStore(db, cfg).import_paths([str(SEEDS)])
+    store = SubscriberStore(db)
+    for i in range(readers):
+        store.add(f"reader{i:04d}@example.com")
+    db.dispose()
+    return cfg

@@ -16,11 +16,10 @@ from sqlalchemy import func, select
 
 from mailer import campaign
 from mailer.config import load_config
-from mailer.db import Database
 from mailer.models import Article, Delivery, Digest, Subscriber
 from mailer.service import Service
 from mailer.subscribers import SubscriberStore
-from tests.conftest import ROOT, SEEDS, write_config
+from tests.conftest import ROOT, SEEDS, populate, write_config
 from tests.smtp_server import SmtpServer
 
 T0 = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
@@ -208,16 +207,7 @@ def test_kill_9_at_random_moments_loses_nobody_and_duplicates_at_most_the_messag
 ):
     """Ten kill -9s at random points of one send, restarting each time, then a clean finish."""
     recipients = 400
-    cfg = load_config(str(config_path))
-    db = Database(cfg.database_url)
-    db.migrate()
-    from mailer.articles import ArticleStore
-
-    ArticleStore(db, cfg).import_paths([str(SEEDS)])
-    store = SubscriberStore(db)
-    for i in range(recipients):
-        store.add(f"reader{i:04d}@example.com")
-    db.dispose()
+    cfg = populate(config_path, recipients)
     smtp_server.handler.delay = 0.004
     rng = random.Random(20261125)
     kills = 0

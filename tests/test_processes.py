@@ -13,10 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer.config import load_config
-from mailer.db import Database
-from mailer.subscribers import SubscriberStore
-from tests.conftest import ROOT, SEEDS, write_config
+from tests.conftest import ROOT, populate, write_config
 from tests.smtp_server import free_port
 
 RECIPIENTS = 60
@@ -43,16 +40,7 @@ def _wait_for(predicate, timeout: float = 20.0) -> None:
 
 @pytest.fixture
 def big_list(config_path, smtp_server):
-    cfg = load_config(str(config_path))
-    db = Database(cfg.database_url)
-    db.migrate()
-    from mailer.articles import ArticleStore
-
-    ArticleStore(db, cfg).import_paths([str(SEEDS)])
-    store = SubscriberStore(db)
-    for i in range(RECIPIENTS):
-        store.add(f"reader{i:03d}@example.com")
-    db.dispose()
+    populate(config_path, RECIPIENTS)
     smtp_server.handler.delay = 0.02  # ~50 messages/s: slow enough to interrupt mid-send
     return config_path
 
