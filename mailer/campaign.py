@@ -6,7 +6,6 @@ service, the cron trigger firing twice on a DST night) is always safe.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -18,7 +17,6 @@ from mailer.db import Database
 from mailer.delivery import RunSummary
 from mailer.scheduler import Schedule
 
-log = logging.getLogger(__name__)
 MIN_GRACE = timedelta(minutes=5)
 
 
