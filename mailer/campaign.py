@@ -45,7 +45,7 @@ def run_due(
     on_progress: Callable[[RunSummary, int], None] | None = None,
 ) -> list[RunSummary]:
     """The scheduled job: build the digest of the due slot (if any, once), then deliver."""
-    schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
+    schedule = Schedule.of(cfg)
     # At least a few minutes: the job itself runs a moment after the slot's instant.
     grace = max(timedelta(hours=cfg.schedule.grace_hours), MIN_GRACE)
     slot = schedule.due_slot(now, grace)

@@ -124,9 +124,7 @@ def _json_default(value: Any) -> Any:
 def _when(value: datetime | None, cfg: Config) -> str:
     if value is None:
         return "-"
-    return value.astimezone(Schedule(cfg.schedule.cron, cfg.schedule.timezone).zone).strftime(
-        "%Y-%m-%d %H:%M %Z"
-    )
+    return value.astimezone(cfg.zone).strftime("%Y-%m-%d %H:%M %Z")
 
 
 # ---------------------------------------------------------------- setup and service
@@ -161,7 +159,7 @@ def serve_cmd(app: App, with_demo: bool) -> None:
 def schedule_cmd(app: App, count: int) -> None:
     """Print the next send times in the configured time zone."""
     cfg = app.cfg
-    schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
+    schedule = Schedule.of(cfg)
     click.echo(f"schedule: {cfg.schedule.cron} ({cfg.schedule.timezone})")
     for slot in schedule.next_slots(utcnow(), count):
         click.echo(

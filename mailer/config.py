@@ -312,6 +312,10 @@ class Config:
         return url
 
     @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.settings.schedule.timezone)
+
+    @property
     def theme_slugs(self) -> list[str]:
         return [t.slug for t in self.settings.themes]
 

@@ -108,7 +108,7 @@ class Renderer:
             )
         sections = list(by_theme.values())
         leading = sorted(sections, key=lambda s: -len(s.articles))[:3]
-        local = when.astimezone(Schedule(self.cfg.schedule.cron, self.cfg.schedule.timezone).zone)
+        local = when.astimezone(self.cfg.zone)
         date = f"{local.day} {local:%B %Y}"
         subject = d.subject.format(
             name=d.name, issue=issue, themes=", ".join(s.name for s in leading), date=date
@@ -186,7 +186,7 @@ def preview(db: Database, cfg: Config, now: datetime | None = None) -> Preview |
         issue = (s.scalar(select(func.max(Digest.issue_number))) or 0) + 1
     if not articles:
         return None
-    schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
+    schedule = Schedule.of(cfg)
     upcoming = schedule.next_slots(now, 1)
     content = renderer.content(articles, issue, upcoming[0].at if upcoming else now)
     unsubscribe = cfg.digest.base_url + PREVIEW_UNSUBSCRIBE

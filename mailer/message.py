@@ -51,9 +51,9 @@ def list_id(cfg: Config) -> str:
     return _with_phrase("List-Id", _header_safe(cfg.digest.name), f"<{label}.{message_id_domain(cfg)}>")
 
 
-def message_id(cfg: Config, digest_id: int, subscriber_id: int) -> str:
+def message_id(domain: str, digest_id: int, subscriber_id: int) -> str:
     """Derived, not random: a retry of the same delivery carries the same Message-ID."""
-    return f"<digest-{digest_id}.sub-{subscriber_id}@{message_id_domain(cfg)}>"
+    return f"<digest-{digest_id}.sub-{subscriber_id}@{domain}>"
 
 
 def _header_safe(text: str) -> str:
@@ -96,6 +96,7 @@ class MessageTemplate:
     def __init__(self, cfg: Config, digest_id: int, subject: str, html: str, text: str) -> None:
         self.cfg = cfg
         self.digest_id = digest_id
+        self.domain = message_id_domain(cfg)  # once per digest, not per recipient
         self.html = _Body(html)
         self.text = _Body(text)
         msg = EmailMessage(policy=SMTP)
@@ -144,7 +145,7 @@ class MessageTemplate:
         display = _header_safe(rcpt.name)
         values = {
             "to": (_with_phrase("To", display, f"<{email}>") if display else email).encode("utf-8"),
-            "msgid": message_id(self.cfg, self.digest_id, rcpt.subscriber_id).encode(),
+            "msgid": message_id(self.domain, self.digest_id, rcpt.subscriber_id).encode(),
             "unsub": url,
             "text": self.text.base64(url),
             "html": self.html.base64(url),

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
@@ -85,6 +86,11 @@ class Slot:
 
 
 class Schedule:
+    @classmethod
+    def of(cls, cfg: Any) -> Schedule:
+        """The configured schedule (`cfg` is a mailer.config.Config)."""
+        return cls(cfg.schedule.cron, cfg.schedule.timezone)
+
     def __init__(self, cron: str, timezone: str) -> None:
         self.cron = cron
         self.timezone = timezone

@@ -43,7 +43,7 @@ class Service:
         self.web_thread: threading.Thread | None = None
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(1)},
-            timezone=Schedule(cfg.schedule.cron, cfg.schedule.timezone).zone,
+            timezone=cfg.zone,
         )
 
     def tick(self) -> None:
@@ -93,7 +93,7 @@ class Service:
             ) from None
         self.web_thread = threading.Thread(target=self._run_web, name="web", daemon=True)
         self.web_thread.start()
-        schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
+        schedule = Schedule.of(cfg)
         self.scheduler.add_job(
             self.tick,
             schedule.trigger,
@@ -155,7 +155,7 @@ def serve(db: Database, cfg: Config) -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     service.start()
-    schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
+    schedule = Schedule.of(cfg)
     nxt = schedule.next_slots(utcnow(), 1)
     base = f"http://{_display_host(cfg.web.host)}:{service.port}"
     print("mailer is running (Ctrl-C to stop)", flush=True)

@@ -43,8 +43,8 @@ MAX_ID = 2**63 - 1
 
 
 def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
+    if host == "localhost":
+        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -57,7 +57,7 @@ def create_app(db: Database, cfg: Config) -> Flask:
     app.jinja_loader = template_environment(cfg).loader  # type: ignore[assignment]
     themes = Themes(cfg.themes)
     tokens = Tokens(load_secret(cfg.var_dir))
-    schedule = Schedule(cfg.schedule.cron, cfg.schedule.timezone)
+    schedule = Schedule.of(cfg)
     catcher_folder = cfg.resolve(cfg.catcher.folder)
     editor_open = is_loopback(cfg.web.host)
 
