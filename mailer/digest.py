@@ -158,14 +158,19 @@ def inline_css(html: str) -> str:
 
 
 def _unsent(s: Session, limit: int, themes: Themes) -> list[Article]:
-    rows = list(s.scalars(select(Article).where(Article.digest_id.is_(None))))
-    rows.sort(key=lambda a: (themes.order(a.theme), a.imported_at, a.id))
-    if len(rows) <= limit:
-        return rows
-    # Over the maximum: the oldest articles go first, the rest wait for next week.
-    chosen = sorted(rows, key=lambda a: (a.imported_at, a.id))[:limit]
-    keep = {a.id for a in chosen}
-    return [a for a in rows if a.id in keep]
+    """The articles the next digest holds: the `limit` oldest unsent ones, in theme order.
+
+    The database picks them (ORDER BY ... LIMIT), so only those rows are ever loaded, however
+    many are waiting; the rest wait for next week."""
+    oldest = (
+        select(Article.id)
+        .where(Article.digest_id.is_(None))
+        .order_by(Article.imported_at, Article.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    rows = list(s.scalars(select(Article).where(Article.id.in_(oldest))))
+    return sorted(rows, key=lambda a: (themes.order(a.theme), a.imported_at, a.id))
 
 
 @dataclass

@@ -7,7 +7,7 @@ import logging
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from mailer import digest as digests
 from mailer.articles import ArticleStore
@@ -81,6 +81,34 @@ def test_more_articles_than_the_maximum_leaves_the_newest_for_next_week(db, tmp_
     with db.session() as s:
         chosen = set(s.scalars(select(Article.id).where(Article.digest_id == d.id)))
     assert chosen == set(ids[:5])
+
+
+def test_preview_and_build_load_only_the_articles_the_digest_holds(db, tmp_path, smtp_server):
+    # Counted with SQLAlchemy's load event: with 100,000 articles waiting, loading them all
+    # took seconds and hundreds of MB for every /preview request.
+    cfg = load_config(
+        str(write_config(tmp_path, smtp_server.port, digest={"max_articles": 5, "min_articles": 1}))
+    )
+    store = ArticleStore(db, cfg)
+    ids = [store.add(f"Story {i}", f"Body number {i} of the story.").id for i in range(60)]
+    SubscriberStore(db).add("a@example.com")
+    loaded: list[int] = []
+
+    def on_load(article: Article, _context: object) -> None:
+        loaded.append(article.id)
+
+    event.listen(Article, "load", on_load)
+    try:
+        preview = digests.preview(db, cfg)
+        by_preview, loaded[:] = sorted(loaded), []
+        d = digests.build(db, cfg, _slot())
+    finally:
+        event.remove(Article, "load", on_load)
+
+    assert preview is not None and preview.article_count == 5
+    assert by_preview == ids[:5]
+    assert d is not None and sorted(loaded) == ids[:5]
+    assert [f"Story {i}" in preview.text for i in range(7)] == [True] * 5 + [False] * 2
 
 
 def test_html_has_themed_sections_in_theme_order_and_email_safe_markup(seeded, cfg):
