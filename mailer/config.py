@@ -3,10 +3,17 @@
 pydantic-settings does the typing, the env overlay and the unknown-key checks; this module
 only finds the file, resolves relative paths against it and turns the first validation
 error into one line that names the key and where it came from.
+
+A misspelt variable is refused like a misspelt key in the file. pydantic-settings refuses
+an unknown key inside a known section (MAILER_SMTP_HOTS: the section model forbids extras)
+but never looks at a variable whose section is unknown (MAILER_SMPT_HOST), so
+`_check_env_names` refuses every MAILER_* name whose first word is not a section, except the
+few in NON_CONFIG_VARIABLES, which other parts of mailer read themselves.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -22,6 +29,16 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from mailer.errors import ConfigError
 
 ENV_PREFIX = "MAILER_"
+# The only MAILER_* variables that are not config keys. (The passwords are keys, smtp.password
+# and web.password, set only this way: MAILER_SMTP_PASSWORD, MAILER_WEB_PASSWORD.)
+NON_CONFIG_VARIABLES = frozenset(
+    {
+        "MAILER_CONFIG",  # which config file to load (find_config_path)
+        "MAILER_SECRET_KEY",  # the unsubscribe-token key (mailer.tokens)
+        "MAILER_BOUNCES_IMAP_PASSWORD",  # the bounce mailbox's password
+        "MAILER_TEST_POSTGRES_URL",  # the test suite's PostgreSQL server
+    }
+)
 
 
 class _Section(BaseModel):
@@ -380,6 +397,32 @@ def _json_env_culprit(exc: SettingsError) -> str:
     return f"environment variable {section}: {field}: {reason}"
 
 
+def _known_env_names() -> list[str]:
+    """Every name that means something, without the prefix: a section (as JSON), one of its
+    keys, or a variable read elsewhere."""
+    names = [name[len(ENV_PREFIX) :] for name in sorted(NON_CONFIG_VARIABLES)]
+    for section, info in Settings.model_fields.items():
+        names.append(section.upper())
+        keys = getattr(info.annotation, "model_fields", {})
+        names.extend(f"{section}_{key}".upper() for key in keys)
+    return names
+
+
+def _check_env_names() -> None:
+    """Refuse a MAILER_* variable whose section does not exist (see the module docstring)."""
+    sections = {name.upper() for name in Settings.model_fields}
+    for name in sorted(os.environ):
+        upper = name.upper()  # pydantic-settings matches names case-insensitively
+        if not upper.startswith(ENV_PREFIX) or upper in NON_CONFIG_VARIABLES:
+            continue
+        if upper[len(ENV_PREFIX) :].split("_", 1)[0] in sections:
+            continue  # a key inside a known section: pydantic-settings checks it
+        # Compared without the prefix that every name shares, so only a near-miss is offered.
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], _known_env_names(), n=1, cutoff=0.75)
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        raise ConfigError(f"environment variable {name}: unknown key{hint}")
+
+
 def load_config(explicit: str | None = None) -> Config:
     path = find_config_path(explicit)
     data: dict[str, Any] = {}
@@ -395,6 +438,7 @@ def load_config(explicit: str | None = None) -> Config:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    _check_env_names()
     try:
         settings = Settings(**data)
     except SettingsError as exc:

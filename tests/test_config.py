@@ -201,6 +201,37 @@ def test_a_bad_environment_value_is_refused_naming_the_variable(
     assert message.startswith(f"environment variable {name}: {key}: "), message
 
 
+# Every MAILER_* variable that is not a config key, plus the passwords (keys set only this way).
+MAILER_OWN_VARIABLES = {
+    "MAILER_SECRET_KEY": "k" * 32,
+    "MAILER_TEST_POSTGRES_URL": "postgresql://mailer@localhost/mailer_test",
+    "MAILER_BOUNCES_IMAP_PASSWORD": "imap-password",
+    "MAILER_SMTP_PASSWORD": "smtp-password",
+    "MAILER_WEB_PASSWORD": "web-password",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        pytest.param("MAILER_SMPT_HOST", "unknown key (did you mean MAILER_SMTP_HOST?)", id="typo"),
+        pytest.param("mailer_databse_url", "unknown key (did you mean MAILER_DATABASE_URL?)", id="lower"),
+        pytest.param("MAILER_SECRETKEY", "unknown key (did you mean MAILER_SECRET_KEY?)", id="not-a-key"),
+        pytest.param("MAILER_NEWSLETTER_NAME", "unknown key", id="no-such-section"),
+    ],
+)
+def test_a_misspelt_environment_variable_is_refused_like_a_misspelt_key_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, expected: str
+) -> None:
+    path = write_config(tmp_path)
+    for own, value in {**MAILER_OWN_VARIABLES, "MAILER_CONFIG": str(path)}.items():
+        monkeypatch.setenv(own, value)
+    assert load_config(str(path)).smtp.password == "smtp-password"
+    monkeypatch.setenv(name, "mail.example.com")
+
+    assert _refusal(path) == f"environment variable {name}: {expected}"
+
+
 # ---------------------------------------------------------------- through the real CLI
 
 
@@ -222,6 +253,7 @@ CLI_REFUSALS = {
     "unknown-key": ('[smtp]\nhots = "x"\n', {}, "smtp.hots: unknown key"),
     "bad-cron": ('[schedule]\ncron = "0 8 * * 9"\n', {}, "schedule.cron: invalid cron expression"),
     "bad-env": ("", {"MAILER_SMTP_PORT": "abc"}, "environment variable MAILER_SMTP_PORT: smtp.port"),
+    "misspelt-env": ("", {"MAILER_SMPT_HOST": "x"}, "environment variable MAILER_SMPT_HOST: unknown key"),
 }
 
 
