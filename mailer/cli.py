@@ -12,7 +12,7 @@ import webbrowser
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -24,7 +24,7 @@ from mailer import digest as digests
 from mailer.articles import ArticleStore
 from mailer.config import Config, load_config
 from mailer.db import Database
-from mailer.errors import InputError, MailerError
+from mailer.errors import InputError, MailerError, database_os_problem, database_problem, is_dbapi_error
 from mailer.models import Article, Subscriber, utcnow
 from mailer.scheduler import Schedule
 from mailer.subscribers import STATUSES, SubscriberStore
@@ -56,26 +56,42 @@ class App:
 
 
 def handle_errors(fn: F) -> F:
+    """Every error a user can cause or meet becomes one line on stderr and exit status 1."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        app = next((a for a in args if isinstance(a, App)), None)
         try:
             return fn(*args, **kwargs)
         except MailerError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            _fail(str(exc))
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            click.echo(f"error: database: {reason}", err=True)
-            sys.exit(1)
+            _fail(database_problem(exc, _database_url(app)))
         except OSError as exc:
+            # Only while the database is being opened (its folder created) can it be the culprit.
+            url = _database_url(app) if app is not None and app._db is None else None
             where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
-            sys.exit(1)
+            _fail((url and database_os_problem(exc, url)) or f"{where}{exc.strerror or exc}")
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as exc:
+            # The driver's own exceptions, from raw DB-API connections (the delivery workers).
+            if not is_dbapi_error(exc):
+                raise
+            _fail(database_problem(exc, _database_url(app)))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _database_url(app: App | None) -> str | None:
+    """The database's URL once the config has loaded (before that no database was touched)."""
+    return app._cfg.database_url if app is not None and app._cfg is not None else None
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
 
 
 def command(group: click.Group, name: str | None = None, **kw: Any) -> Callable[[F], F]:
