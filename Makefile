@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: run test install install-test browser lint bench clean
+.PHONY: run test install install-test system-deps lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +15,20 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 
-# Debian's Chromium for the browser tests (Playwright drives it; it downloads nothing).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian's packages the tests use as real peers: Chromium for the browser tests
+# (Playwright drives it; it downloads nothing) and Postfix, a real relay that pipelines,
+# limits connections and rejects recipients by access map (the tests start private
+# instances on loopback; the system one is not needed).
+TEST_PACKAGES = chromium:chromium postfix:postfix
+system-deps:
+	@missing=""; for pair in $(TEST_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 # Set up and run the service on the embedded defaults: SQLite file under var/, the
 # built-in mail catcher, the sample articles and a few demo subscribers.
@@ -31,7 +40,7 @@ lint: install-test
 	$(BIN)/ruff format --check .
 
 # Set up and run the tests (lint first: a lint failure fails the run).
-test: install-test browser lint
+test: install-test system-deps lint
 	$(BIN)/pytest
 
 bench: install-test

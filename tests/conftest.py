@@ -48,6 +48,8 @@ def write_config(folder: Path, smtp_port: int = 2525, **sections: dict[str, Any]
         "web": {"port": 0},
         "articles": {"seed_folder": str(SEEDS)},
         "digest": {"templates": str(ROOT / "templates")},
+        # A killed run's digest is taken over when its lease runs out: seconds, not a minute.
+        "delivery": {"lease_seconds": 10},
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)

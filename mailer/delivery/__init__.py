@@ -1,0 +1,23 @@
+"""Getting a digest out: one row per (digest, subscriber), delivered over reused SMTP
+connections, resumable after any crash.
+
+* `queue`: the rows' state machine and the lease that keeps one run per digest (the
+  database side; why a dead run is always taken over).
+* `engine`: the workers, and why a crash repeats at most one message per connection.
+* `pacing`: the relay's rate limits and connection limit, shared by the workers.
+* `status`: `digest status`, `digest retry` and test copies.
+"""
+
+from mailer.delivery.engine import Deliverer, RunSummary, deliver, unsubscribe_url
+from mailer.delivery.status import DigestStatus, retry_failed, send_test, status_of
+
+__all__ = [
+    "Deliverer",
+    "DigestStatus",
+    "RunSummary",
+    "deliver",
+    "retry_failed",
+    "send_test",
+    "status_of",
+    "unsubscribe_url",
+]

@@ -1,0 +1,510 @@
+"""The send engine: `smtp.connections` workers delivering one digest.
+
+Each worker thread keeps its own SMTP connection (reused across messages) and its own
+raw database connection. They share a list of claimed recipients; whichever finds it
+empty claims the next batch. Database writes are serialised by one lock in the process,
+so SQLite's busy-wait (which sleeps in whole milliseconds) never comes into play.
+
+Why this gives the crash bounds:
+* A worker records each result (one short commit) *before* it sends its next message.
+  So at any instant at most one message per connection has been accepted by the server
+  without being recorded; after a crash, only those are sent again when the next run
+  takes the lease and re-queues the rows left in `sending` (see queue.py). A crash
+  duplicates at most `smtp.connections` messages, and loses none.
+* SIGTERM/Ctrl-C set a stop flag: each worker finishes and records the message it is
+  sending, unsent claimed rows are put back to `queued`, and the run ends with no
+  `sending` rows: a restart duplicates nothing.
+* Only one run delivers a digest at a time: it holds the digest's lease and renews it
+  on a timer; a renewal or a pre-send check that finds the lease gone halts every worker
+  (queue.py says why a dead run's lease is always taken over when it runs out).
+* Every worker re-reads the subscriber's status just before sending, so nobody is mailed
+  after they stopped, even when their row was already claimed.
+
+What stops a run, and what does not:
+* One recipient's refusal (any reply to RCPT, 5.1.x/5.2.x at DATA) is that recipient's.
+* A relay that refuses one connection with a 4xx greeting (its connection limit) costs
+  that connection only (pacing.ConnectionSlots).
+* Relay-wide problems (authentication, TLS, the sender refused, the message refused, a
+  relay that refuses every connection, `max_consecutive_errors` in a row) halt every
+  worker and leave the rest queued; the service tries again with back-off.
+* A database error ends the run with one line; while the database is only locked by
+  another process, a worker waits for it (up to LOCK_PATIENCE) instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from mailer import digest as digests
+from mailer.config import Config
+from mailer.db import Database
+from mailer.delivery import queue
+from mailer.delivery.pacing import ConnectionSlots, RateLimiter
+from mailer.dkim import DkimSigner
+from mailer.errors import MailerError
+from mailer.message import MessageTemplate, Recipient
+from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber, utcnow
+from mailer.smtp import Outcome, Result, SmtpBusy, SmtpConnection, SmtpFatal
+from mailer.subscribers import set_status
+from mailer.tokens import Tokens, load_secret
+
+log = logging.getLogger("mailer.delivery")
+
+CLAIM_BATCH = 500
+# How long a worker waits for a database another process keeps locked.
+LOCK_PATIENCE = 300.0
+# Digests being delivered by this process: two threads of one process are kept apart
+# here before they ever reach the lease.
+_ACTIVE: set[int] = set()
+_ACTIVE_LOCK = threading.Lock()
+# A digest whose run stopped on a relay-wide problem is retried after these delays.
+RUN_BACKOFF_MINUTES = [1, 2, 5, 10, 30]
+
+
+@dataclass
+class RunSummary:
+    digest_id: int
+    issue: int | None = None
+    sent: int = 0
+    retry: int = 0
+    failed: int = 0
+    skipped: int = 0
+    finished: bool = False
+    busy: bool = False
+    # Who holds the lease when busy, and until when unless they renew it.
+    holder: queue.Holder | None = None
+    waiting: bool = False
+    stopped: str = ""
+    # Set when the run ended because smtp.max_per_hour was used up.
+    quota_until: datetime | None = None
+    seconds: float = 0.0  # how long this run delivered
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def unsubscribe_url(cfg: Config, tokens: Tokens, subscriber_id: int, nonce: str) -> str:
+    return f"{cfg.digest.base_url}/unsubscribe/{tokens.make(subscriber_id, nonce)}"
+
+
+@dataclass
+class _Job:
+    delivery_id: int
+    attempts: int
+    recipient: Recipient
+
+
+class _Shared:
+    """What the workers of one run share: the claimed jobs, the write lock, the slots."""
+
+    def __init__(self, connections: int) -> None:
+        self.write_lock = threading.Lock()
+        self.jobs: collections.deque[_Job] = collections.deque()
+        self.more = True
+        self.consecutive = 0  # failures in a row, across connections
+        self.error: BaseException | None = None
+        self.slots = ConnectionSlots(connections)
+
+    def give_back(self, job: _Job) -> None:
+        with self.write_lock:
+            self.jobs.appendleft(job)
+
+    def drained(self) -> bool:
+        return not self.jobs and not self.more
+
+
+class Deliverer:
+    """Delivers one digest over `smtp.connections` reused SMTP connections."""
+
+    def __init__(
+        self,
+        db: Database,
+        cfg: Config,
+        stop: threading.Event | None = None,
+        on_progress: Callable[[RunSummary, int], None] | None = None,
+        ignore_backoff: bool = False,
+    ) -> None:
+        self.db = db
+        self.cfg = cfg
+        self.stop = stop or threading.Event()
+        self.on_progress = on_progress
+        self.ignore_backoff = ignore_backoff
+        self.owner = queue.new_owner()
+        self.lease = timedelta(seconds=cfg.delivery.lease_seconds)
+        self.tokens = Tokens(load_secret(cfg.var_dir))
+        self.limiter = RateLimiter(cfg.smtp.max_per_second, cfg.smtp.max_per_hour, self._sent_last_hour())
+        # Loaded and checked once: a bad key refuses the run before anything is sent.
+        self.signer = DkimSigner.from_config(cfg)
+
+    def _sent_last_hour(self) -> int:
+        if not self.cfg.smtp.max_per_hour:
+            return 0
+        with self.db.session() as s:
+            since = utcnow() - timedelta(hours=1)
+            return s.scalar(select(func.count()).where(Delivery.sent_at > since)) or 0
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, digest_id: int) -> RunSummary:
+        with _ACTIVE_LOCK:
+            if digest_id in _ACTIVE:
+                return RunSummary(digest_id, busy=True)
+            _ACTIVE.add(digest_id)
+        try:
+            return self._run(digest_id)
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(digest_id)
+
+    def _run(self, digest_id: int) -> RunSummary:
+        now = utcnow()
+        with self.db.session() as s:
+            d = s.get(Digest, digest_id)
+            if d is None or d.status != "sending":
+                return RunSummary(digest_id, d.issue_number if d else None, finished=True)
+            summary = RunSummary(digest_id, d.issue_number)
+            if not self.ignore_backoff and d.next_run_at and d.next_run_at > now:
+                summary.waiting = True
+                summary.stopped = d.last_error
+                return summary
+            holder = queue.acquire(s, digest_id, self.owner, now, self.lease)
+            if holder is not None:
+                summary.busy, summary.holder = True, holder
+                return summary
+            if now - (d.retried_at or d.created_at) > digests.give_up_age(self.cfg):
+                queue.give_up(s, digest_id, self.cfg.delivery.give_up_hours, now)
+            template = MessageTemplate(self.cfg, d.id, d.subject, d.html, d.text)
+        halt = threading.Event()  # a relay-wide problem: every worker stops
+        started = time.monotonic()
+        try:
+            self._coordinate(template, summary, halt)
+        finally:
+            summary.seconds = time.monotonic() - started
+            if self.limiter.quota_reset is not None:
+                summary.quota_until = datetime.fromtimestamp(self.limiter.quota_reset, UTC)
+            self._release(summary)
+        return summary
+
+    def _coordinate(self, template: MessageTemplate, summary: RunSummary, halt: threading.Event) -> None:
+        shared = _Shared(self.cfg.smtp.connections)
+        workers = [
+            threading.Thread(target=self._work, args=(template, shared, halt, summary), daemon=True)
+            for _ in range(self.cfg.smtp.connections)
+        ]
+        for w in workers:
+            w.start()
+        renewed = time.monotonic()
+        try:
+            while any(w.is_alive() for w in workers):
+                if self.stop.wait(0.05):
+                    halt.set()  # SIGTERM/Ctrl-C: finish the messages in flight, then stop
+                if time.monotonic() - renewed > self.lease.total_seconds() / 3:
+                    # On a timer, not per claimed batch: a rate-limited batch can take
+                    # longer than the lease.
+                    with shared.write_lock:
+                        self._guard_db(shared, halt, self._heartbeat, summary.digest_id)
+                    renewed = time.monotonic()
+        finally:
+            halt.set()  # also wakes workers blocked in the rate limiter or a back-off
+            for w in workers:
+                w.join()
+            # Whatever was claimed but never handed to the server goes back in the queue.
+            # If the database refuses even that, the rows stay `sending` and the next run
+            # re-queues them when it takes the lease: nothing is lost either way.
+            left = [job.delivery_id for job in shared.jobs]
+            if left:
+                self._guard_db(shared, halt, self._requeue, left)
+        if shared.error is not None:
+            raise shared.error
+
+    def _heartbeat(self, digest_id: int) -> None:
+        with self.db.session() as s:
+            if not queue.heartbeat(s, digest_id, self.owner, utcnow(), self.lease):
+                raise queue.LostLease()
+
+    def _work(
+        self, template: MessageTemplate, shared: _Shared, halt: threading.Event, summary: RunSummary
+    ) -> None:
+        smtp = SmtpConnection(self.cfg.smtp)
+        # The raw DBAPI connection (with the engine's pragmas): the per-message commit is
+        # three tiny statements, and SQLAlchemy's execution layer tripled their cost.
+        conn: Any = None
+        try:
+            conn = self._guard_db(shared, halt, self.db.engine.raw_connection)
+            while conn is not None and not (halt.is_set() or self.stop.is_set()):
+                if not self._connect(smtp, shared, halt, summary):
+                    return
+                job = self._guard_db(shared, halt, self._next_job, shared, summary)
+                if job is None:
+                    return
+                if not self.limiter.acquire(halt):
+                    shared.give_back(job)  # never sent: re-queued when the run ends
+                    if self.limiter.quota_reset is not None:
+                        halt.set()  # hourly quota used up: every connection stops
+                    return
+                active = self._guard_db(
+                    shared,
+                    halt,
+                    queue.still_active,
+                    conn,
+                    job.recipient.subscriber_id,
+                    summary.digest_id,
+                    self.owner,
+                )
+                if active is None:  # the database failed or the lease is lost: halted
+                    shared.give_back(job)
+                    return
+                result = (
+                    self._send(template, smtp, job, shared)
+                    if active
+                    else Result(Outcome.SKIPPED, "subscriber no longer active")
+                )
+                if result is None:
+                    continue  # the relay refused the connection: the job was given back
+                # Recorded before the next message: this is what bounds the duplicates
+                # after a crash to one message per connection.
+                with shared.write_lock:
+                    self._guard_db(shared, halt, self._record, conn, job, result, summary, halt, shared)
+                if result.outcome is Outcome.FATAL:
+                    return
+        except Exception as exc:  # a bug: stop the whole run, and say where
+            log.exception("delivery worker failed")
+            shared.error = shared.error or exc
+            halt.set()
+        finally:
+            if smtp.conn is not None:
+                shared.slots.closed()
+            smtp.close()
+            if conn is not None:
+                conn.close()
+
+    def _send(
+        self, template: MessageTemplate, smtp: SmtpConnection, job: _Job, shared: _Shared
+    ) -> Result | None:
+        """One message; None when the relay refused a new connection (job given back)."""
+        try:
+            data = template.render(job.recipient)
+            if self.signer is not None:
+                data = self.signer.sign(data)  # last: after the message is final
+            had = smtp.conn is not None
+            try:
+                return smtp.send(self.cfg.smtp.from_address, job.recipient.email, data)
+            finally:
+                if had and smtp.conn is None:
+                    shared.slots.closed()  # the relay hung up (421 or a dropped line)
+        except SmtpBusy:
+            # send() reconnected after a hang-up and the relay refused the new connection.
+            shared.give_back(job)
+            return None
+        except SmtpFatal as exc:
+            return Result(Outcome.FATAL, str(exc))
+
+    def _connect(
+        self, smtp: SmtpConnection, shared: _Shared, halt: threading.Event, summary: RunSummary
+    ) -> bool:
+        """Make sure this worker has an open connection. False when it should stop: the
+        run is halted or done, or the relay refuses every connection (the run stops)."""
+        attempt = 0
+        while smtp.conn is None:
+            if halt.is_set() or self.stop.is_set() or shared.drained():
+                return False
+            if not shared.slots.opening():
+                halt.wait(1.0)  # the relay's limit is reached: wait for a slot to free up
+                continue
+            try:
+                smtp.open()
+            except SmtpBusy as exc:
+                if not shared.slots.refused(exc.reply):
+                    with shared.write_lock:
+                        summary.stopped = (
+                            summary.stopped or f"the relay refused every connection: {exc.reply}"
+                        )
+                    halt.set()
+                    return False
+                halt.wait(shared.slots.delay(attempt))
+                attempt += 1
+                continue
+            except SmtpFatal as exc:
+                shared.slots.closed()
+                with shared.write_lock:
+                    summary.stopped = summary.stopped or str(exc)
+                halt.set()
+                return False
+            shared.slots.connected()
+        return True
+
+    def _guard_db(self, shared: _Shared, halt: threading.Event, work: Callable[..., Any], *args: Any) -> Any:
+        """Run `work`, waiting out a database that another process keeps locked; any other
+        database error (or a lost lease) halts the run with one line, no traceback."""
+        deadline = time.monotonic() + LOCK_PATIENCE
+        while True:
+            try:
+                return work(*args)
+            except MailerError as exc:
+                shared.error = shared.error or exc
+            except (SQLAlchemyError, self.db.engine.dialect.dbapi.Error) as exc:
+                if _locked(exc) and time.monotonic() < deadline and not self.stop.is_set():
+                    time.sleep(0.2)
+                    continue
+                shared.error = shared.error or MailerError(f"database {_where(self.db)}: {_reason(exc)}")
+            halt.set()
+            return None
+
+    def _next_job(self, shared: _Shared, summary: RunSummary) -> _Job | None:
+        with shared.write_lock:
+            if not shared.jobs and shared.more:
+                batch = self._claim(summary)
+                shared.more = bool(batch)
+                shared.jobs.extend(batch)
+            return shared.jobs.popleft() if shared.jobs else None
+
+    # ------------------------------------------------------------------ database work
+
+    def _claim(self, summary: RunSummary) -> list[_Job]:
+        with self.db.session() as s:
+            claimed, skipped = queue.claim(
+                s, summary.digest_id, self.owner, utcnow(), self.lease, CLAIM_BATCH
+            )
+        summary.skipped += skipped
+        return [
+            _Job(
+                c.delivery_id,
+                c.attempts,
+                Recipient(
+                    c.subscriber_id,
+                    c.email,
+                    c.name,
+                    unsubscribe_url(self.cfg, self.tokens, c.subscriber_id, c.nonce),
+                ),
+            )
+            for c in claimed
+        ]
+
+    def _record(
+        self,
+        conn: Any,
+        job: _Job,
+        result: Result,
+        summary: RunSummary,
+        halt: threading.Event,
+        shared: _Shared,
+    ) -> None:
+        """One short commit per message (called with the write lock held)."""
+        now = queue.sql_value(utcnow())
+        outcome = result.outcome
+        args: tuple[Any, ...]
+        if outcome is Outcome.SENT:
+            sql, args = queue.SENT_SQL, (result.reply, now, now, job.delivery_id)
+        elif outcome is Outcome.SKIPPED:
+            sql, args = queue.STATUS_SQL, ("skipped", result.reply, now, job.delivery_id)
+        elif outcome is Outcome.FATAL:
+            # Not the recipient's fault: back in the queue, the attempt not counted.
+            sql, args = queue.REQUEUE_ONE_SQL, (result.reply, now, job.delivery_id)
+        elif outcome is Outcome.TEMPORARY:
+            delays = self.cfg.delivery.retry_minutes
+            delay = delays[min(job.attempts, len(delays)) - 1]
+            retry_at = queue.sql_value(utcnow() + timedelta(minutes=delay))
+            sql, args = queue.RETRY_SQL, (result.reply, retry_at, now, job.delivery_id)
+        else:
+            sql, args = queue.STATUS_SQL, ("failed", result.reply, now, job.delivery_id)
+        queue.write(conn, sql, args)
+        # Counted only once recorded: a write that failed leaves the summary true.
+        if outcome is Outcome.SENT:
+            summary.sent += 1
+            shared.consecutive = 0
+        elif outcome is Outcome.SKIPPED:
+            summary.skipped += 1
+        elif outcome is Outcome.FATAL:
+            summary.stopped = summary.stopped or result.reply
+            halt.set()
+        elif outcome is Outcome.TEMPORARY:
+            summary.retry += 1
+            shared.consecutive += 1
+        else:
+            summary.failed += 1
+            shared.consecutive += 1
+        if outcome is Outcome.PERMANENT:
+            self._bounce(job.recipient.subscriber_id)
+        limit = self.cfg.delivery.max_consecutive_errors
+        if shared.consecutive >= limit and not summary.stopped:
+            summary.stopped = (
+                f"paused after {shared.consecutive} consecutive failures; last reply: {result.reply}"
+            )
+            halt.set()
+        if self.on_progress:
+            self.on_progress(summary, 1)
+
+    def _bounce(self, subscriber_id: int) -> None:
+        with self.db.session() as s:
+            sub = s.get(Subscriber, subscriber_id)
+            if sub is None:
+                return
+            sub.bounce_count += 1
+            if sub.bounce_count >= self.cfg.delivery.bounce_threshold and sub.status == "active":
+                set_status(s, sub, "bounced")
+
+    def _requeue(self, delivery_ids: list[int]) -> None:
+        with self.db.session() as s:
+            queue.requeue(s, delivery_ids, utcnow())
+
+    def _release(self, summary: RunSummary) -> None:
+        now = utcnow()
+        with self.db.session() as s:
+            d = s.get(Digest, summary.digest_id)
+            if d is None or d.lease_owner != self.owner:
+                return
+            summary.counts = queue.counts(s, d.id)
+            d.lease_owner = None
+            d.lease_until = None
+            if summary.stopped:
+                d.run_failures += 1
+                d.last_error = summary.stopped[:1000]
+                wait = RUN_BACKOFF_MINUTES[min(d.run_failures, len(RUN_BACKOFF_MINUTES)) - 1]
+                d.next_run_at = now + timedelta(minutes=wait)
+            else:
+                d.run_failures = 0
+                d.last_error = ""
+                # Hourly quota used up: not a failure, just resume when it frees up.
+                d.next_run_at = summary.quota_until
+            if not any(summary.counts.get(st, 0) for st in DELIVERY_PENDING):
+                digests.finish(s, d, now, delivered=summary.counts.get("sent", 0) > 0)
+                summary.finished = True
+        if summary.finished:
+            log.info("digest #%s finished: %s", summary.issue, summary.counts)
+
+
+def _locked(exc: BaseException) -> bool:
+    """SQLite's "database is locked" / "database table is locked": another process holds
+    the write lock, which it will release; every other database error is final."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0] or type(exc).__name__
+
+
+def _where(db: Database) -> str:
+    url = db.engine.url
+    return (
+        url.database or "" if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+    )
+
+
+def deliver(
+    db: Database,
+    cfg: Config,
+    digest_id: int,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[RunSummary, int], None] | None = None,
+    ignore_backoff: bool = False,
+) -> RunSummary:
+    return Deliverer(db, cfg, stop, on_progress, ignore_backoff).run(digest_id)

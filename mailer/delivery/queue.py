@@ -1,0 +1,259 @@
+"""The delivery queue in the database: who may deliver a digest, and each row's state.
+
+    queued ──claim──▶ sending ──250──▶ sent
+      ▲                  │ ├──4xx / dropped twice──▶ retry (next_attempt_at) ──due──▶ sending
+      │                  │ ├──5xx──▶ failed (subscriber's bounce count +1)
+      └──fatal / stop────┘ └──subscriber no longer active──▶ skipped
+    queued/retry ──subscriber unsubscribes──▶ skipped
+
+This module owns that state machine (`DeliveryStatus`) and the lease on a digest row.
+
+The lease is how runs keep apart, and why a dead run is always taken over:
+* Its owner is a random id made per run (`new_owner`), never a pid: a process restarted in
+  a container is PID 1 again, so a pid says nothing about whether a run is alive.
+* It is taken by compare-and-set (`UPDATE … WHERE lease_owner IS NULL OR lease_until <
+  now`, then count the rows), so of two runs that race for it exactly one wins, on any
+  database.
+* The holder renews it on a timer (`heartbeat`, every third of the lease) and checks
+  the row count of that renewal too: a run that finds its lease taken stops at once. A run
+  that died renews nothing, so its lease expires and the next run takes over within
+  `delivery.lease_seconds`, whatever its pid or host was.
+* Taking the lease puts rows left in `sending` back to `queued`: nobody holds the digest,
+  so those rows belong to a run that is gone. Of them, only the ones its server accepted
+  but it never recorded were really delivered, at most one per connection (see engine).
+Hosts are assumed to keep their clocks within a few seconds of each other (NTP): the
+lease's expiry is written by one host and read by another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from mailer.errors import MailerError
+from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber
+
+
+class DeliveryStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+def new_owner() -> str:
+    """A run's identity: host and pid for people to read, the random part for uniqueness."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a digest's lease, and until when (unless it renews it)."""
+
+    owner: str
+    until: datetime | None
+
+
+def acquire(s: Session, digest_id: int, owner: str, now: datetime, lease: timedelta) -> Holder | None:
+    """Take the digest's lease for `owner`. None when taken; else who holds it."""
+    taken = s.execute(
+        update(Digest)
+        .where(
+            Digest.id == digest_id,
+            or_(Digest.lease_owner.is_(None), Digest.lease_until.is_(None), Digest.lease_until < now),
+        )
+        .values(lease_owner=owner, lease_until=now + lease)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if taken != 1:
+        row = s.execute(select(Digest.lease_owner, Digest.lease_until).where(Digest.id == digest_id)).one()
+        return Holder(row[0] or "", row[1])
+    # Nobody held it: rows in `sending` belong to a run that is gone.
+    s.execute(
+        update(Delivery)
+        .where(Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.SENDING)
+        .values(status=DeliveryStatus.QUEUED, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return None
+
+
+def heartbeat(s: Session, digest_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
+    """Renew the lease; False if `owner` no longer holds it."""
+    return (
+        s.execute(
+            update(Digest)
+            .where(Digest.id == digest_id, Digest.lease_owner == owner)
+            .values(lease_until=now + lease)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )
+
+
+@dataclass
+class Claimed:
+    delivery_id: int
+    attempts: int
+    subscriber_id: int
+    email: str
+    name: str
+    nonce: str
+
+
+def claim(
+    s: Session, digest_id: int, owner: str, now: datetime, lease: timedelta, limit: int
+) -> tuple[list[Claimed], int]:
+    """Claim up to `limit` due rows (set them `sending`). Rows of readers who left are
+    marked skipped on the way. Returns the claimed rows and how many were skipped.
+    Raises LostLease when `owner` no longer holds the digest."""
+    if not heartbeat(s, digest_id, owner, now, lease):
+        raise LostLease()
+    due = or_(
+        Delivery.status == DeliveryStatus.QUEUED,
+        and_(Delivery.status == DeliveryStatus.RETRY, Delivery.next_attempt_at <= now),
+    )
+    rows = s.execute(
+        select(
+            Delivery.id,
+            Delivery.attempts,
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.name,
+            Subscriber.status,
+            Subscriber.token_nonce,
+        )
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.digest_id == digest_id, due)
+        .order_by(Delivery.id)
+        .limit(limit)
+    ).all()
+    jobs: list[Claimed] = []
+    inactive: list[int] = []
+    for delivery_id, attempts, sub_id, email, name, status, nonce in rows:
+        if status == "active":
+            jobs.append(Claimed(delivery_id, attempts + 1, sub_id, email, name, nonce))
+        else:
+            inactive.append(delivery_id)
+    if inactive:
+        _set(
+            s,
+            inactive,
+            status=DeliveryStatus.SKIPPED,
+            last_reply="subscriber no longer active",
+            updated_at=now,
+        )
+    if jobs:
+        _set(
+            s,
+            [j.delivery_id for j in jobs],
+            status=DeliveryStatus.SENDING,
+            attempts=Delivery.attempts + 1,
+            updated_at=now,
+        )
+    return jobs, len(inactive)
+
+
+def _set(s: Session, ids: list[int], **values: Any) -> None:
+    s.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def requeue(s: Session, delivery_ids: list[int], now: datetime) -> None:
+    """Claimed rows never handed to the server go back, their attempt not counted."""
+    s.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.SENDING)
+        .values(status=DeliveryStatus.QUEUED, attempts=Delivery.attempts - 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def give_up(s: Session, digest_id: int, hours: float, now: datetime) -> None:
+    s.execute(
+        update(Delivery)
+        .where(Delivery.digest_id == digest_id, Delivery.status.in_(DELIVERY_PENDING))
+        .values(status=DeliveryStatus.FAILED, last_reply=f"gave up after {hours:g} hours", updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def counts(s: Session, digest_id: int) -> dict[str, int]:
+    rows = s.execute(
+        select(Delivery.status, func.count()).where(Delivery.digest_id == digest_id).group_by(Delivery.status)
+    )
+    return dict(rows.all())
+
+
+class LostLease(MailerError):
+    """Another run took the digest over (this one stalled past its lease)."""
+
+    def __init__(self) -> None:
+        super().__init__("another run took over this digest's delivery (this one stalled past its lease)")
+
+
+# ---------------------------------------------------------------- the per-message fast path
+# One short commit per message on the worker's raw DB-API connection: SQLAlchemy's
+# execution layer tripled the cost of these three tiny statements. SQLite only for now.
+
+
+def sql_value(value: Any) -> Any:
+    """Datetimes as UTCDateTime stores them (naive UTC, SQLAlchemy's SQLite format)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+_SET = "UPDATE deliveries SET {} WHERE id = ?"
+SENT_SQL = _SET.format("status = 'sent', last_reply = ?, sent_at = ?, updated_at = ?")
+RETRY_SQL = _SET.format("status = 'retry', last_reply = ?, next_attempt_at = ?, updated_at = ?")
+STATUS_SQL = _SET.format("status = ?, last_reply = ?, updated_at = ?")
+REQUEUE_ONE_SQL = _SET.format("status = 'queued', attempts = attempts - 1, last_reply = ?, updated_at = ?")
+
+
+def write(conn: Any, sql: str, args: tuple[Any, ...]) -> None:
+    """One statement in its own write transaction on a raw connection."""
+    cur = conn.cursor()
+    try:
+        cur.execute("BEGIN IMMEDIATE")
+        cur.execute(sql, args)
+        cur.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):  # BEGIN itself may be what failed
+            cur.execute("ROLLBACK")
+        raise
+    finally:
+        cur.close()
+
+
+def still_active(conn: Any, subscriber_id: int, digest_id: int, owner: str) -> bool:
+    """Just before each message: is the subscriber still active, and does this run still
+    hold the digest? An autocommit read (WAL readers never wait for the writer), so an
+    unsubscribe counts even for an already-claimed row, and a run that stalled past its
+    lease stops at its next message instead of sending a batch another run has taken."""
+    cur = conn.cursor()
+    try:
+        row = cur.execute(
+            "SELECT (SELECT status FROM subscribers WHERE id = ?), lease_owner FROM digests WHERE id = ?",
+            (subscriber_id, digest_id),
+        ).fetchone()
+    finally:
+        cur.close()
+    if row is None or row[1] != owner:
+        raise LostLease()
+    return row[0] == "active"

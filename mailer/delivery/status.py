@@ -1,0 +1,132 @@
+"""Where a digest's delivery stands, putting failures back in the queue, and test copies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+
+from mailer import digest as digests
+from mailer.config import Config
+from mailer.db import Database
+from mailer.delivery import queue
+from mailer.delivery.queue import DeliveryStatus
+from mailer.dkim import DkimSigner
+from mailer.errors import NotFound
+from mailer.message import MessageTemplate, Recipient
+from mailer.models import Delivery, Digest, Subscriber, utcnow
+from mailer.smtp import Outcome, SmtpConnection, SmtpFatal
+
+
+def retry_failed(db: Database, digest_id: int) -> int:
+    """`digest retry`: failed deliveries of still-active subscribers go back in the queue."""
+    with db.session() as s:
+        d = s.get(Digest, digest_id)
+        if d is None or d.issue_number is None:
+            raise NotFound(f"digest #{digest_id} does not exist or was skipped")
+        active = select(Subscriber.id).where(Subscriber.status == "active")
+        n = s.execute(
+            update(Delivery)
+            .where(
+                Delivery.digest_id == digest_id,
+                Delivery.status == DeliveryStatus.FAILED,
+                Delivery.subscriber_id.in_(active),
+            )
+            .values(status=DeliveryStatus.QUEUED, next_attempt_at=None, updated_at=utcnow())
+        ).rowcount
+        if n:
+            d.status = "sending"
+            d.retried_at = utcnow()  # the give-up clock starts again
+            d.finished_at = None
+            d.next_run_at = None
+            d.run_failures = 0
+            d.last_error = ""
+        return int(n or 0)
+
+
+def send_test(cfg: Config, html: str, text: str, subject: str, to: str) -> str:
+    """A test copy of a digest to one address; no state changes. Returns the server reply."""
+    template = MessageTemplate(cfg, 0, f"[TEST] {subject}", html, text)
+    rcpt = Recipient(0, to, "", cfg.digest.base_url + digests.PREVIEW_UNSUBSCRIBE)
+    data = template.render(rcpt)
+    signer = DkimSigner.from_config(cfg)
+    if signer is not None:
+        data = signer.sign(data)
+    with SmtpConnection(cfg.smtp) as smtp:
+        result = smtp.send(cfg.smtp.from_address, to, data)
+    if result.outcome is not Outcome.SENT:
+        raise SmtpFatal(f"test copy to {to} not accepted: {result.reply}")
+    return result.reply
+
+
+@dataclass
+class DigestStatus:
+    digest_id: int
+    issue: int | None
+    status: str
+    subject: str
+    counts: dict[str, int]
+    bounced: int
+    next_retry_at: datetime | None
+    last_error: str
+    next_run_at: datetime | None
+    errors: list[tuple[str, int]]
+    # The run delivering it now (host:pid:run id), and until when its lease holds
+    # unless it renews it: a lease past its time belongs to a run that is gone.
+    lease_owner: str | None
+    lease_until: datetime | None
+
+
+def status_of(db: Database, digest_id: int | None = None) -> DigestStatus:
+    """`digest status`: where a digest's delivery stands (default: the newest one sent)."""
+    with db.session() as s:
+        if digest_id is None:
+            d = s.scalars(
+                select(Digest).where(Digest.issue_number.is_not(None)).order_by(Digest.id.desc())
+            ).first()
+            if d is None:
+                raise NotFound("no digest has been built yet")
+        else:
+            d = s.get(Digest, digest_id)
+            if d is None:
+                raise NotFound(f"digest #{digest_id} does not exist")
+        by_status = queue.counts(s, d.id)
+        bounced = s.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(
+                Delivery.digest_id == d.id,
+                Delivery.status == DeliveryStatus.FAILED,
+                Subscriber.status == "bounced",
+            )
+        )
+        next_retry = s.scalar(
+            select(func.min(Delivery.next_attempt_at)).where(
+                Delivery.digest_id == d.id, Delivery.status == DeliveryStatus.RETRY
+            )
+        )
+        errors = s.execute(
+            select(Delivery.last_reply, func.count())
+            .where(
+                Delivery.digest_id == d.id, Delivery.status.in_((DeliveryStatus.FAILED, DeliveryStatus.RETRY))
+            )
+            .group_by(Delivery.last_reply)
+            .order_by(func.count().desc())
+            .limit(5)
+        ).all()
+        return DigestStatus(
+            d.id,
+            d.issue_number,
+            d.status,
+            d.subject or d.note,
+            {k.value: by_status.get(k, 0) for k in DeliveryStatus},
+            int(bounced or 0),
+            next_retry,
+            d.last_error,
+            d.next_run_at,
+            [(reply, n) for reply, n in errors],
+            d.lease_owner,
+            d.lease_until,
+        )
