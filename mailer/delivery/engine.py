@@ -51,7 +51,7 @@ from mailer.db import Database
 from mailer.delivery import queue
 from mailer.delivery.pacing import ConnectionSlots, RateLimiter
 from mailer.dkim import DkimSigner
-from mailer.errors import MailerError
+from mailer.errors import MailerError, database_problem, is_dbapi_error
 from mailer.message import MessageTemplate, Recipient
 from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber, utcnow
 from mailer.smtp import Outcome, Result, SmtpBusy, SmtpConnection, SmtpFatal
@@ -164,33 +164,49 @@ class Deliverer:
             with _ACTIVE_LOCK:
                 _ACTIVE.discard(digest_id)
 
-    def _run(self, digest_id: int) -> RunSummary:
+    def _start(self, digest_id: int) -> tuple[RunSummary, MessageTemplate | None]:
+        """Take the lease (and give up on what is too old); no template: nothing to do."""
         now = utcnow()
         with self.db.session() as s:
             d = s.get(Digest, digest_id)
             if d is None or d.status != "sending":
-                return RunSummary(digest_id, d.issue_number if d else None, finished=True)
+                return RunSummary(digest_id, d.issue_number if d else None, finished=True), None
             summary = RunSummary(digest_id, d.issue_number)
             if not self.ignore_backoff and d.next_run_at and d.next_run_at > now:
                 summary.waiting = True
                 summary.stopped = d.last_error
-                return summary
+                return summary, None
             holder = queue.acquire(s, digest_id, self.owner, now, self.lease)
             if holder is not None:
                 summary.busy, summary.holder = True, holder
-                return summary
+                return summary, None
             if now - (d.retried_at or d.created_at) > digests.give_up_age(self.cfg):
                 queue.give_up(s, digest_id, self.cfg.delivery.give_up_hours, now)
-            template = MessageTemplate(self.cfg, d.id, d.subject, d.html, d.text)
+            return summary, MessageTemplate(self.cfg, d.id, d.subject, d.html, d.text)
+
+    def _run(self, digest_id: int) -> RunSummary:
+        summary, template = self._patiently(self._start, digest_id)
+        if template is None:
+            return summary
         halt = threading.Event()  # a relay-wide problem: every worker stops
         started = time.monotonic()
+        error: BaseException | None = None
         try:
             self._coordinate(template, summary, halt)
-        finally:
-            summary.seconds = time.monotonic() - started
-            if self.limiter.quota_reset is not None:
-                summary.quota_until = datetime.fromtimestamp(self.limiter.quota_reset, UTC)
-            self._release(summary)
+        except BaseException as exc:
+            error = exc
+        summary.seconds = time.monotonic() - started
+        if self.limiter.quota_reset is not None:
+            summary.quota_until = datetime.fromtimestamp(self.limiter.quota_reset, UTC)
+        try:
+            self._patiently(self._release, summary)
+        except MailerError:
+            if error is None:
+                raise
+            # The run's own error says more. Unreleased, the lease runs out and the next
+            # run takes over, so nothing is lost.
+        if error is not None:
+            raise error
         return summary
 
     def _coordinate(self, template: MessageTemplate, summary: RunSummary, halt: threading.Event) -> None:
@@ -342,21 +358,31 @@ class Deliverer:
         return True
 
     def _guard_db(self, shared: _Shared, halt: threading.Event, work: Callable[..., Any], *args: Any) -> Any:
-        """Run `work`, waiting out a database that another process keeps locked; any other
-        database error (or a lost lease) halts the run with one line, no traceback."""
+        """`_patiently` inside a worker: a database error (or a lost lease) is kept as the
+        run's error and halts every worker; None is returned then."""
+        try:
+            return self._patiently(work, *args)
+        except MailerError as exc:
+            shared.error = shared.error or exc
+            halt.set()
+            return None
+
+    def _patiently(self, work: Callable[..., Any], *args: Any) -> Any:
+        """Run `work`, waiting out a database that another process keeps locked (up to
+        LOCK_PATIENCE); any other database error becomes one line (MailerError)."""
         deadline = time.monotonic() + LOCK_PATIENCE
         while True:
             try:
                 return work(*args)
-            except MailerError as exc:
-                shared.error = shared.error or exc
-            except (SQLAlchemyError, self.db.engine.dialect.dbapi.Error) as exc:
+            except MailerError:
+                raise
+            except Exception as exc:
+                if not (isinstance(exc, SQLAlchemyError) or is_dbapi_error(exc)):
+                    raise
                 if _locked(exc) and time.monotonic() < deadline and not self.stop.is_set():
                     time.sleep(0.2)
                     continue
-                shared.error = shared.error or MailerError(f"database {_where(self.db)}: {_reason(exc)}")
-            halt.set()
-            return None
+                raise MailerError(database_problem(exc, self.db.url)) from None
 
     def _next_job(self, shared: _Shared, summary: RunSummary) -> _Job | None:
         with shared.write_lock:
@@ -486,17 +512,6 @@ def _locked(exc: BaseException) -> bool:
     the write lock, which it will release; every other database error is final."""
     text = str(getattr(exc, "orig", None) or exc).lower()
     return "locked" in text or "busy" in text
-
-
-def _reason(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc).splitlines()[0] or type(exc).__name__
-
-
-def _where(db: Database) -> str:
-    url = db.engine.url
-    return (
-        url.database or "" if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
-    )
 
 
 def deliver(
