@@ -1,13 +1,29 @@
-"""Unsubscribe tokens: HMAC-SHA256 over the subscriber id and their per-subscriber nonce.
+"""Unsubscribe and resubscribe tokens, and the secret key that signs them.
 
-The secret comes from MAILER_SECRET_KEY or, in the embedded default, from a key file
-generated once with owner-only permissions. Rotating a subscriber's nonce revokes their
-old links; forgetting them makes every link they hold invalid.
+Unsubscribe tokens (`<id>.<mac>`) are HMAC-SHA256 over the purpose, the subscriber id and
+their per-subscriber nonce. They sit in mail for years, so they never expire; rotating a
+subscriber's nonce revokes their old links and forgetting them makes every link invalid.
+The id is inside the MAC (not only in front of it), so one reader's MAC under another id
+is refused even if two nonces were ever equal.
+
+A resubscribe token is different: it only ever appears on the page that confirms an
+unsubscribe, is an itsdangerous timed signature (RESUBSCRIBE_MAX_AGE) whose salt holds the
+purpose, the id and the nonce, and so cannot be made from anything in a mail. Holding an
+old mail therefore lets anyone unsubscribe its reader (which only does what they asked
+for at some point), never resubscribe them.
+
+The secret comes from MAILER_SECRET_KEY or, in the embedded default, from `var/secret.key`,
+generated once with owner-only permissions. The file is written under a temporary name,
+fsync'd and then hard-linked into place: link() fails if the name exists, so among
+processes starting at once exactly one key wins, and every process reads a complete key
+(the name never points at a half-written file). A key shorter than MIN_SECRET_CHARS (an
+empty file, a truncated copy, a toy value in the environment) is refused with one line.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -15,25 +31,61 @@ import re
 import secrets
 from pathlib import Path
 
+from itsdangerous import BadData, URLSafeTimedSerializer
+
+from mailer.errors import ConfigError
+
 _TOKEN = re.compile(r"^([1-9][0-9]{0,17})\.([A-Za-z0-9_-]{43})$")
+_FRESH = re.compile(r"^([1-9][0-9]{0,17})\.([A-Za-z0-9_.-]{20,200})$")
+MIN_SECRET_CHARS = 24
+RESUBSCRIBE_MAX_AGE = 3600  # seconds
 
 
 def load_secret(var_dir: Path) -> bytes:
     env = os.environ.get("MAILER_SECRET_KEY", "")
     if env:
-        return env.encode("utf-8")
+        return _checked(env, "MAILER_SECRET_KEY", "set a longer one")
     path = var_dir / "secret.key"
-    if not path.exists():
-        var_dir.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: two processes starting at once cannot both write a different key.
+    try:
+        if not path.exists():
+            _create_key(path)
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"{path}: cannot read or create the secret key: {reason}") from None
+    return _checked(key, str(path), "delete the file to generate a new one, or set MAILER_SECRET_KEY")
+
+
+def _checked(key: str, where: str, fix: str) -> bytes:
+    if len(key.strip()) < MIN_SECRET_CHARS:
+        state = "empty" if not key.strip() else "too short"
+        raise ConfigError(
+            f"{where}: the secret key is {state} (at least {MIN_SECRET_CHARS} characters; {fix})"
+        )
+    return key.encode("utf-8")
+
+
+def _create_key(path: Path) -> None:
+    """Make `path` hold a new key, unless another process gets there first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
-    return path.read_text().strip().encode("utf-8")
+            os.write(fd, secrets.token_hex(32).encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # Atomic and never overwrites: the loser of a race keeps the winner's key.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the new name survives a power cut too
+    finally:
+        os.close(dir_fd)
 
 
 class Tokens:
@@ -57,3 +109,31 @@ class Tokens:
 
     def verify(self, token: str, subscriber_id: int, nonce: str) -> bool:
         return hmac.compare_digest(token.encode(), self.make(subscriber_id, nonce).encode())
+
+    # ------------------------------------------------------------ resubscribe
+
+    def _serializer(self, subscriber_id: int, nonce: str) -> URLSafeTimedSerializer:
+        return URLSafeTimedSerializer(self._secret, salt=f"mailer.resubscribe:{subscriber_id}:{nonce}")
+
+    def resubscribe(self, subscriber_id: int, nonce: str) -> str:
+        """A token for the confirmation page's "subscribe again" button (RESUBSCRIBE_MAX_AGE)."""
+        signed = self._serializer(subscriber_id, nonce).dumps(subscriber_id)
+        return f"{subscriber_id}.{signed}"
+
+    @staticmethod
+    def resubscribe_id(token: str) -> int | None:
+        """The id a well-formed resubscribe token claims (not yet verified)."""
+        m = _FRESH.match(token)
+        return int(m.group(1)) if m else None
+
+    def verify_resubscribe(self, token: str, subscriber_id: int, nonce: str) -> bool:
+        prefix = f"{subscriber_id}."
+        if not token.startswith(prefix):
+            return False
+        try:
+            claimed = self._serializer(subscriber_id, nonce).loads(
+                token[len(prefix) :], max_age=RESUBSCRIBE_MAX_AGE
+            )
+        except BadData:
+            return False
+        return bool(claimed == subscriber_id)
