@@ -1,14 +1,23 @@
 """Engine, sessions and migrations.
 
 SQLite is shared by the service and the CLI at the same time, so: WAL (readers never
-block the writer), a busy timeout, and BEGIN IMMEDIATE for every transaction so a
+block the writer), a busy timeout, and BEGIN IMMEDIATE for every writing transaction so a
 writer waits for the lock up front instead of failing half-way on an upgrade.
+
+Reads that must never wait (the web server's pages while a long import or another process
+holds the write lock) run read-only: inside `Database.read_only()` every transaction this
+thread begins is a deferred BEGIN on a connection with `PRAGMA query_only`. In WAL a
+deferred transaction that only reads takes no lock a writer holds, so it never waits for
+one; query_only turns an accidental write into an error instead of a lock wait. The flag
+is a ContextVar (per thread and per context), so a read-only block can call domain
+functions that open their own `session()` without them waiting either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +30,8 @@ BUSY_TIMEOUT_MS = 30_000
 # The newest Alembic revision (tests/test_db.py checks it against migrations/). Knowing it
 # lets a command skip importing Alembic (~11 MB, ~0.2 s) when the schema is current.
 HEAD_REVISION = "0003"
+# True inside Database.read_only(): transactions begun here are deferred and read-only.
+_READ_ONLY: ContextVar[bool] = ContextVar("mailer_db_read_only", default=False)
 
 
 def make_engine(url: str) -> Engine:
@@ -49,7 +60,13 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        reading = _READ_ONLY.get()
+        # query_only belongs to the pooled connection: switch it only when this transaction
+        # needs the other setting, so writers pay nothing extra.
+        if conn.info.get("query_only", False) != reading:
+            conn.exec_driver_sql(f"PRAGMA query_only={'ON' if reading else 'OFF'}")
+            conn.info["query_only"] = reading
+        conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -66,6 +83,22 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A short transaction: committed on success, rolled back on any error."""
         with self.sessions() as s, s.begin():
+            yield s
+
+    @contextmanager
+    def read_only(self) -> Iterator[None]:
+        """Every transaction begun in this block (this thread's) reads only and never waits
+        for a writer; a write inside it fails at once."""
+        token = _READ_ONLY.set(True)
+        try:
+            yield
+        finally:
+            _READ_ONLY.reset(token)
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        """A read-only transaction (see read_only): a consistent snapshot, never waiting."""
+        with self.read_only(), self.sessions() as s, s.begin():
             yield s
 
     def revision(self) -> str | None:

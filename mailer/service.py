@@ -10,10 +10,12 @@ twice (see mailer.digest.build and the delivery lease in mailer.delivery).
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import threading
 from datetime import timedelta
 from types import FrameType
+from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -27,9 +29,40 @@ from mailer.errors import MailerError
 from mailer.models import utcnow
 from mailer.scheduler import Schedule
 from mailer.web import create_app
+from mailer.web.access import editor_mode
 
 log = logging.getLogger("mailer.service")
 RESUME_EVERY = timedelta(minutes=1)
+
+# Waitress settings for the web server (tests/web_server.py serves the test app with these).
+# Idle sockets must not lock readers out: waitress stops accepting at connection_limit, so
+# the limit is high (poll(), not select(), so descriptors past 1024 work) and a connection
+# with no request in flight is closed after channel_timeout, checked every
+# cleanup_interval. Requests being served are never cut (waitress only closes idle ones).
+WEB_SERVER: dict[str, Any] = {
+    "threads": 8,
+    "connection_limit": 1000,
+    "asyncore_use_poll": True,
+    "channel_timeout": 10,
+    "cleanup_interval": 2,
+    "max_request_body_size": 64 * 1024,
+    "max_request_header_size": 16 * 1024,
+    # Proxy headers reach the app untouched: it never trusts their values, but a request
+    # that carries one never gets the editor's pages without the password (mailer.web.access).
+    "clear_untrusted_proxy_headers": False,
+    "ident": "mailer",
+}
+# Descriptors for the connections plus the database, the SMTP connections and files.
+OPEN_FILES = WEB_SERVER["connection_limit"] + 512
+
+
+def web_server(app: Any, host: str, port: int) -> Any:
+    """A waitress server for `app` with WEB_SERVER settings (not yet running)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < OPEN_FILES:
+        wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    return create_server(app, host=host, port=port, **WEB_SERVER)
 
 
 class Service:
@@ -76,16 +109,7 @@ class Service:
                 cfg.resolve(cfg.catcher.folder),
             )
         try:
-            self.web = create_server(
-                create_app(self.db, cfg),
-                host=cfg.web.host,
-                port=cfg.web.port,
-                threads=4,
-                max_request_body_size=64 * 1024,
-                max_request_header_size=16 * 1024,
-                clear_untrusted_proxy_headers=True,
-                ident="mailer",
-            )
+            self.web = web_server(create_app(self.db, cfg), cfg.web.host, cfg.web.port)
         except OSError as exc:
             self.shutdown()
             raise MailerError(
@@ -157,15 +181,9 @@ def serve(db: Database, cfg: Config) -> None:
     service.start()
     schedule = Schedule.of(cfg)
     nxt = schedule.next_slots(utcnow(), 1)
-    base = f"http://{_display_host(cfg.web.host)}:{service.port}"
     print("mailer is running (Ctrl-C to stop)", flush=True)
-    print(f"  dashboard:    {base}/", flush=True)
-    print(f"  preview:      {base}/preview", flush=True)
-    if cfg.catcher.enabled:
-        print(
-            f"  caught mail:  {base}/mail  (SMTP on {cfg.catcher.host}:{cfg.catcher.port})",
-            flush=True,
-        )
+    for line in _banner_pages(cfg, service.port):
+        print(f"  {line}", flush=True)
     if nxt:
         print(
             f"  next digest:  {nxt[0].local(cfg.schedule.timezone):%a %Y-%m-%d %H:%M %Z}",
@@ -175,6 +193,22 @@ def serve(db: Database, cfg: Config) -> None:
     done.wait()
     service.shutdown()
     log.info("stopped")
+
+
+def _banner_pages(cfg: Config, port: int) -> list[str]:
+    """Where the pages are; the editor's only when they are served (mailer.web.access)."""
+    base = f"http://{_display_host(cfg.web.host)}:{port}"
+    mode = editor_mode(cfg)
+    if mode == "off":
+        return [
+            "editor pages: off until MAILER_WEB_PASSWORD is set (only the public pages are served)",
+            f"public pages: {base}/healthz, /articles/<id>, /unsubscribe/<token>",
+        ]
+    note = "  (HTTP Basic, the web password)" if mode == "password" else ""
+    lines = [f"dashboard:    {base}/{note}", f"preview:      {base}/preview"]
+    if cfg.catcher.enabled:
+        lines.append(f"caught mail:  {base}/mail  (SMTP on {cfg.catcher.host}:{cfg.catcher.port})")
+    return lines
 
 
 def _display_host(host: str) -> str:

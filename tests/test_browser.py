@@ -131,3 +131,36 @@ def test_unsubscribe_and_subscribe_again_by_clicking_in_chromium(
     page.get_by_role("button", name="Subscribe again").click()
     expect(page.get_by_role("heading", name="Welcome back")).to_be_visible()
     assert statuses(db) == {ADA: "active", BOB: "active"}
+
+
+def test_a_form_on_another_site_cannot_resubscribe_a_reader_in_chromium(
+    page: Page,
+    web: WebServer,
+    db: Database,
+    cfg: Config,
+    articles: list[Article],
+    smtp_server: SmtpServer,
+) -> None:
+    SubscriberStore(db).add(ADA)
+    campaign.send_now(db, cfg, utcnow())
+    page.goto(web.local(unsubscribe_url(smtp_server.handler.to(ADA)[0].message)))
+    page.get_by_role("button", name="Unsubscribe").click()
+    expect(page.get_by_role("heading", name="You are unsubscribed")).to_be_visible()
+    again = web.base + str(page.locator("form").get_attribute("action"))
+    # A page of another site that learned the button's URL (Playwright serves it as that
+    # site; Chromium itself decides what the POST from it says about its origin).
+    evil = "https://evil.example/prize"
+    page.route(
+        evil,
+        lambda route: route.fulfill(
+            content_type="text/html",
+            body=f'<form method="post" action="{again}"><button>Claim your prize</button></form>',
+        ),
+    )
+
+    page.goto(evil)
+    page.get_by_role("button", name="Claim your prize").click()
+
+    expect(page.get_by_role("heading", name="403")).to_be_visible()
+    expect(page.get_by_text("sent from another web site, so nothing was changed")).to_be_visible()
+    assert statuses(db) == {ADA: "unsubscribed"}

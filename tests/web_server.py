@@ -1,8 +1,10 @@
-"""The web app served by a real waitress server on loopback, for the HTTP and browser tests.
+"""The web app served by a real waitress server on loopback, for the HTTP and browser tests,
+with the very waitress settings the service uses (mailer.service.web_server).
 
-Also the few helpers both test files need: plain HTTP requests (http.client, which never
-follows redirects or keeps cookies), HTML parsing with lxml, and the unsubscribe links a
-real digest send put in each subscriber's List-Unsubscribe header.
+Also the few helpers the web test files share: plain HTTP requests (http.client, which
+never follows redirects or keeps cookies), HTML parsing with lxml, servers started with
+config overrides, and the unsubscribe links a real digest send put in each subscriber's
+List-Unsubscribe header.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import lxml.html
-from waitress.server import create_server
 
-from mailer.config import Config
+from mailer import campaign
+from mailer.articles import ArticleStore
+from mailer.config import Config, load_config
 from mailer.db import Database
+from mailer.models import utcnow
+from mailer.service import web_server
 from mailer.subscribers import SubscriberStore
 from mailer.web import create_app
-from tests.conftest import write_config
+from tests.conftest import SEEDS, write_config
 from tests.smtp_server import SmtpServer
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -55,7 +60,7 @@ class WebServer:
 
     def __init__(self, db: Database, cfg: Config) -> None:
         self.cfg = cfg
-        self.server = create_server(create_app(db, cfg), host="127.0.0.1", port=0, threads=2)
+        self.server = web_server(create_app(db, cfg), "127.0.0.1", 0)
         self.port = int(self.server.effective_port)  # type: ignore[union-attr]
         self.base = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.run, name="test-web", daemon=True)
@@ -135,3 +140,34 @@ def unsubscribe_paths(smtp_server: SmtpServer) -> dict[str, str]:
 
 def statuses(db: Database) -> dict[str, str]:
     return {s.email: s.status for s in SubscriberStore(db).list()}
+
+
+class Servers:
+    """Servers for one test: the app with the test config plus overrides (written next to
+    it, so the database and the secret key are the same); all closed by close()."""
+
+    def __init__(self, folder: Path, smtp_port: int, db: Database) -> None:
+        self.folder = folder
+        self.smtp_port = smtp_port
+        self.db = db
+        self.running: list[WebServer] = []
+
+    def start(self, **sections: dict[str, object]) -> WebServer:
+        cfg = load_config(str(write_test_config(self.folder, self.smtp_port, **sections)))
+        server = WebServer(self.db, cfg).start()
+        self.running.append(server)
+        return server
+
+    def close(self) -> None:
+        for server in self.running:
+            server.close()
+
+
+def mail_links(db: Database, cfg: Config, smtp_server: SmtpServer, emails: list[str]) -> dict[str, str]:
+    """The sample articles, `emails` subscribed and a digest really sent to them:
+    {subscriber: path of the unsubscribe URL in their mail}."""
+    ArticleStore(db, cfg).import_paths([str(SEEDS)])
+    for email in emails:
+        SubscriberStore(db).add(email)
+    campaign.send_now(db, cfg, utcnow())
+    return unsubscribe_paths(smtp_server)

@@ -1,0 +1,72 @@
+"""The public pages: health check, articles of sent digests, unsubscribe and resubscribe.
+
+These are reachable by anyone wherever the server listens. An article page shows an
+article only once its digest was sent (Article.sent_at); drafts, held and reserved ones
+are the editor's (mailer.web.access) and 404 to everyone else, so sequential ids reveal
+nothing unsent. A GET never changes anything (link scanners fetch URLs): the unsubscribe
+page shows one button that POSTs.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, render_template, request
+
+from mailer.articles import is_http_url
+from mailer.config import Config
+from mailer.db import Database
+from mailer.digest import PREVIEW_UNSUBSCRIBE, lead_of
+from mailer.models import Article
+from mailer.themes import Themes
+from mailer.web import access
+from mailer.web.subscription import Subscriptions
+
+MAX_ID = 2**63 - 1  # ids above SQLite's INTEGER range are no row (404), not an OverflowError
+PREVIEW_TOKEN = PREVIEW_UNSUBSCRIBE.rsplit("/", 1)[1]
+
+
+def readable_article(db: Database, article_id: int, editor: bool) -> Article | None:
+    """The article if this reader may see it: sent, or the editor is asking."""
+    with db.reader() as s:
+        a = s.get(Article, article_id)
+    return a if a is not None and (a.is_sent or editor) else None
+
+
+def blueprint(db: Database, cfg: Config, subscriptions: Subscriptions) -> Blueprint:
+    bp = Blueprint("public", __name__)
+    themes = Themes(cfg.themes)
+
+    @bp.get("/healthz")
+    def health() -> Response:
+        return Response("ok\n", mimetype="text/plain")
+
+    @bp.get(f"/articles/<int(max={MAX_ID}):article_id>")
+    def article(article_id: int) -> str:
+        a = readable_article(db, article_id, access.is_editor(cfg, request))
+        if a is None:
+            abort(404)
+        return render_template(
+            "web_article.html",
+            a=a,
+            theme=themes.name(a.theme),
+            lead=lead_of(a.paragraphs, cfg.digest.lead_chars),
+            original=a.url if a.url and is_http_url(a.url) else None,
+        )
+
+    @bp.get("/unsubscribe/<token>")
+    def unsubscribe_page(token: str) -> str:
+        if token == PREVIEW_TOKEN:
+            return render_template("web_unsubscribe.html", preview=True, token=token, done=False)
+        sub = subscriptions.claim(token)
+        return render_template("web_unsubscribe.html", preview=False, sub=sub, token=token, done=False)
+
+    @bp.post("/unsubscribe/<token>")
+    def unsubscribe(token: str) -> str:
+        # RFC 8058 one-click: the POST itself unsubscribes, no cookie, no redirect, 200.
+        done = subscriptions.unsubscribe(token)
+        return render_template("web_unsubscribe.html", preview=False, done=True, result=done)
+
+    @bp.post("/resubscribe/<token>")
+    def resubscribe(token: str) -> str:
+        return render_template("web_resubscribed.html", sub=subscriptions.resubscribe(token))
+
+    return bp
