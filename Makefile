@@ -31,7 +31,8 @@ system-deps:
 	fi
 
 # Set up and run the service on the embedded defaults: SQLite file under var/, the
-# built-in mail catcher, the sample articles and a few demo subscribers.
+# built-in mail catcher and, in a new database only, the sample articles and three demo
+# readers (later starts leave the list alone). Other commands: .venv/bin/mailer --help.
 run: install
 	$(BIN)/mailer serve --demo
 

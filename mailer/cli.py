@@ -147,25 +147,31 @@ def _when(value: datetime | None, cfg: Config) -> str:
 
 
 @command(cli, "init")
-@click.option("--demo", "with_demo", is_flag=True, help="Also import seeds/ and add demo subscribers.")
+@click.option(
+    "--demo", "with_demo", is_flag=True, help="A new database also gets seeds/ and three demo readers."
+)
 def init_cmd(app: App, with_demo: bool) -> None:
     """Create or upgrade the database (and optionally load the demo data)."""
+    new = with_demo and demo.is_new(app.cfg)
     db = app.db
     click.echo(f"database ready: {db.url}")
     if with_demo:
-        for line in demo.load(db, app.cfg):
+        for line in demo.load(db, app.cfg, new):
             click.echo(line)
 
 
 @command(cli, "serve")
-@click.option("--demo", "with_demo", is_flag=True, help="Load the demo data first (idempotent).")
+@click.option(
+    "--demo", "with_demo", is_flag=True, help="A new database first gets seeds/ and three demo readers."
+)
 def serve_cmd(app: App, with_demo: bool) -> None:
     """Run the scheduler, the web server and (if configured) the mail catcher."""
     from mailer import service
 
     logging.getLogger().setLevel(logging.INFO)
     if with_demo:
-        for line in demo.load(app.db, app.cfg):
+        new = demo.is_new(app.cfg)
+        for line in demo.load(app.db, app.cfg, new):
             click.echo(line)
     service.serve(app.db, app.cfg)
 
