@@ -15,7 +15,7 @@ import pytest
 from mailer import campaign
 from mailer import db as db_module
 from mailer.db import Database
-from mailer.delivery import engine
+from mailer.delivery import queue
 from mailer.errors import MailerError
 from tests.conftest import populate, write_config
 
@@ -84,7 +84,7 @@ def test_a_lock_held_past_the_engines_patience_ends_the_run_with_one_line_and_lo
     database, smtp_server, caplog, monkeypatch
 ):
     cfg, db, path = database
-    monkeypatch.setattr(engine, "LOCK_PATIENCE", 0.5)
+    monkeypatch.setattr(queue, "LOCK_PATIENCE", 0.5)
     smtp_server.handler.delay = 0.01
     on_progress, procs = _lock_during_send(path, 3.0, after=5)
     with caplog.at_level(logging.INFO), pytest.raises(MailerError) as err:
@@ -95,7 +95,7 @@ def test_a_lock_held_past_the_engines_patience_ends_the_run_with_one_line_and_lo
     sent_before = len(smtp_server.received)
     assert sent_before < READERS
     # Unreleased, its lease runs out; then the next run finishes the digest.
-    monkeypatch.setattr(engine, "LOCK_PATIENCE", 300.0)
+    monkeypatch.setattr(queue, "LOCK_PATIENCE", 300.0)
     [summary] = campaign.send_now(db, cfg, T0, on_wait=lambda s: None)
     assert summary.finished
     counts = _once_each(smtp_server)

@@ -28,7 +28,11 @@ What stops a run, and what does not:
   relay that refuses every connection, `max_consecutive_errors` in a row) halt every
   worker and leave the rest queued; the service tries again with back-off.
 * A database error ends the run with one line; while the database is only locked by
-  another process, a worker waits for it (up to LOCK_PATIENCE) instead.
+  another process, a worker waits for it (queue.LOCK_PATIENCE) instead.
+
+Why one module of ~480 lines: the worker loop, its connection handling and its error
+paths are one protocol (when a claimed row is sent, recorded or given back), and the
+crash argument above reads in one place; the database side lives in queue.py.
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from mailer import digest as digests
 from mailer.config import Config
@@ -51,9 +54,9 @@ from mailer.db import Database
 from mailer.delivery import queue
 from mailer.delivery.pacing import ConnectionSlots, RateLimiter
 from mailer.dkim import DkimSigner
-from mailer.errors import MailerError, database_problem, is_dbapi_error
+from mailer.errors import MailerError
 from mailer.message import MessageTemplate, Recipient
-from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber, utcnow
+from mailer.models import Delivery, Digest, Subscriber, utcnow
 from mailer.smtp import Outcome, Result, SmtpBusy, SmtpConnection, SmtpFatal
 from mailer.subscribers import set_status
 from mailer.tokens import Tokens, load_secret
@@ -61,14 +64,10 @@ from mailer.tokens import Tokens, load_secret
 log = logging.getLogger("mailer.delivery")
 
 CLAIM_BATCH = 500
-# How long a worker waits for a database another process keeps locked.
-LOCK_PATIENCE = 300.0
 # Digests being delivered by this process: two threads of one process are kept apart
 # here before they ever reach the lease.
 _ACTIVE: set[int] = set()
 _ACTIVE_LOCK = threading.Lock()
-# A digest whose run stopped on a relay-wide problem is retried after these delays.
-RUN_BACKOFF_MINUTES = [1, 2, 5, 10, 30]
 
 
 @dataclass
@@ -185,7 +184,7 @@ class Deliverer:
             return summary, MessageTemplate(self.cfg, d.id, d.subject, d.html, d.text)
 
     def _run(self, digest_id: int) -> RunSummary:
-        summary, template = self._patiently(self._start, digest_id)
+        summary, template = queue.patiently(self.db.url, self.stop, self._start, digest_id)
         if template is None:
             return summary
         halt = threading.Event()  # a relay-wide problem: every worker stops
@@ -199,7 +198,7 @@ class Deliverer:
         if self.limiter.quota_reset is not None:
             summary.quota_until = datetime.fromtimestamp(self.limiter.quota_reset, UTC)
         try:
-            self._patiently(self._release, summary)
+            queue.patiently(self.db.url, self.stop, self._release, summary)
         except MailerError:
             if error is None:
                 raise
@@ -361,28 +360,11 @@ class Deliverer:
         """`_patiently` inside a worker: a database error (or a lost lease) is kept as the
         run's error and halts every worker; None is returned then."""
         try:
-            return self._patiently(work, *args)
+            return queue.patiently(self.db.url, self.stop, work, *args)
         except MailerError as exc:
             shared.error = shared.error or exc
             halt.set()
             return None
-
-    def _patiently(self, work: Callable[..., Any], *args: Any) -> Any:
-        """Run `work`, waiting out a database that another process keeps locked (up to
-        LOCK_PATIENCE); any other database error becomes one line (MailerError)."""
-        deadline = time.monotonic() + LOCK_PATIENCE
-        while True:
-            try:
-                return work(*args)
-            except MailerError:
-                raise
-            except Exception as exc:
-                if not (isinstance(exc, SQLAlchemyError) or is_dbapi_error(exc)):
-                    raise
-                if _locked(exc) and time.monotonic() < deadline and not self.stop.is_set():
-                    time.sleep(0.2)
-                    continue
-                raise MailerError(database_problem(exc, self.db.url)) from None
 
     def _next_job(self, shared: _Shared, summary: RunSummary) -> _Job | None:
         with shared.write_lock:
@@ -424,24 +406,12 @@ class Deliverer:
         shared: _Shared,
     ) -> None:
         """One short commit per message (called with the write lock held)."""
-        now = queue.sql_value(utcnow())
         outcome = result.outcome
-        args: tuple[Any, ...]
-        if outcome is Outcome.SENT:
-            sql, args = queue.SENT_SQL, (result.reply, now, now, job.delivery_id)
-        elif outcome is Outcome.SKIPPED:
-            sql, args = queue.STATUS_SQL, ("skipped", result.reply, now, job.delivery_id)
-        elif outcome is Outcome.FATAL:
-            # Not the recipient's fault: back in the queue, the attempt not counted.
-            sql, args = queue.REQUEUE_ONE_SQL, (result.reply, now, job.delivery_id)
-        elif outcome is Outcome.TEMPORARY:
+        retry_at = None
+        if outcome is Outcome.TEMPORARY:
             delays = self.cfg.delivery.retry_minutes
-            delay = delays[min(job.attempts, len(delays)) - 1]
-            retry_at = queue.sql_value(utcnow() + timedelta(minutes=delay))
-            sql, args = queue.RETRY_SQL, (result.reply, retry_at, now, job.delivery_id)
-        else:
-            sql, args = queue.STATUS_SQL, ("failed", result.reply, now, job.delivery_id)
-        queue.write(conn, sql, args)
+            retry_at = utcnow() + timedelta(minutes=delays[min(job.attempts, len(delays)) - 1])
+        queue.record(conn, job.delivery_id, _STATUS_OF[outcome], result.reply, retry_at)
         # Counted only once recorded: a write that failed leaves the summary true.
         if outcome is Outcome.SENT:
             summary.sent += 1
@@ -482,36 +452,23 @@ class Deliverer:
             queue.requeue(s, delivery_ids, utcnow())
 
     def _release(self, summary: RunSummary) -> None:
-        now = utcnow()
         with self.db.session() as s:
-            d = s.get(Digest, summary.digest_id)
-            if d is None or d.lease_owner != self.owner:
-                return
-            summary.counts = queue.counts(s, d.id)
-            d.lease_owner = None
-            d.lease_until = None
-            if summary.stopped:
-                d.run_failures += 1
-                d.last_error = summary.stopped[:1000]
-                wait = RUN_BACKOFF_MINUTES[min(d.run_failures, len(RUN_BACKOFF_MINUTES)) - 1]
-                d.next_run_at = now + timedelta(minutes=wait)
-            else:
-                d.run_failures = 0
-                d.last_error = ""
-                # Hourly quota used up: not a failure, just resume when it frees up.
-                d.next_run_at = summary.quota_until
-            if not any(summary.counts.get(st, 0) for st in DELIVERY_PENDING):
-                digests.finish(s, d, now, delivered=summary.counts.get("sent", 0) > 0)
-                summary.finished = True
+            released = queue.release(s, summary.digest_id, self.owner, summary.stopped, summary.quota_until)
+        if released is not None:
+            summary.counts, summary.finished = released
         if summary.finished:
             log.info("digest #%s finished: %s", summary.issue, summary.counts)
 
 
-def _locked(exc: BaseException) -> bool:
-    """SQLite's "database is locked" / "database table is locked": another process holds
-    the write lock, which it will release; every other database error is final."""
-    text = str(getattr(exc, "orig", None) or exc).lower()
-    return "locked" in text or "busy" in text
+# What each outcome makes of the row. FATAL is not the recipient's fault: the row goes
+# back in the queue, the attempt not counted.
+_STATUS_OF = {
+    Outcome.SENT: queue.DeliveryStatus.SENT,
+    Outcome.SKIPPED: queue.DeliveryStatus.SKIPPED,
+    Outcome.FATAL: queue.DeliveryStatus.QUEUED,
+    Outcome.TEMPORARY: queue.DeliveryStatus.RETRY,
+    Outcome.PERMANENT: queue.DeliveryStatus.FAILED,
+}
 
 
 def deliver(

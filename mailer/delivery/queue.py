@@ -30,17 +30,27 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from mailer.errors import MailerError
-from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber
+from mailer import digest as digests
+from mailer.errors import MailerError, database_problem, is_dbapi_error
+from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber, utcnow
+
+# How long a run waits for a database another process keeps locked.
+LOCK_PATIENCE = 300.0
+# A digest whose run stopped on a relay-wide problem is retried after these delays.
+RUN_BACKOFF_MINUTES = [1, 2, 5, 10, 30]
 
 
 class DeliveryStatus(StrEnum):
@@ -193,11 +203,66 @@ def give_up(s: Session, digest_id: int, hours: float, now: datetime) -> None:
     )
 
 
+def release(
+    s: Session, digest_id: int, owner: str, stopped: str, resume_at: datetime | None
+) -> tuple[dict[str, int], bool] | None:
+    """The run ends: give the lease back and note how the run went (`stopped`: why a
+    relay-wide problem stopped it; the next run then waits a growing back-off). Finishes
+    the digest when nothing is pending. Returns its counts and whether it finished, or
+    None when `owner` no longer held it."""
+    now = utcnow()
+    d = s.get(Digest, digest_id)
+    if d is None or d.lease_owner != owner:
+        return None
+    by_status = counts(s, digest_id)
+    d.lease_owner = None
+    d.lease_until = None
+    if stopped:
+        d.run_failures += 1
+        d.last_error = stopped[:1000]
+        wait = RUN_BACKOFF_MINUTES[min(d.run_failures, len(RUN_BACKOFF_MINUTES)) - 1]
+        d.next_run_at = now + timedelta(minutes=wait)
+    else:
+        d.run_failures = 0
+        d.last_error = ""
+        d.next_run_at = resume_at  # e.g. when the hourly quota frees up: not a failure
+    finished = not any(by_status.get(st, 0) for st in DELIVERY_PENDING)
+    if finished:
+        digests.finish(s, d, now, delivered=by_status.get(DeliveryStatus.SENT, 0) > 0)
+    return by_status, finished
+
+
 def counts(s: Session, digest_id: int) -> dict[str, int]:
     rows = s.execute(
         select(Delivery.status, func.count()).where(Delivery.digest_id == digest_id).group_by(Delivery.status)
     )
     return dict(rows.all())
+
+
+def patiently(db_url: str, stop: threading.Event, work: Callable[..., Any], *args: Any) -> Any:
+    """Run `work`, waiting out a database that another process keeps locked (up to
+    LOCK_PATIENCE, or until `stop`); any other database error becomes one line
+    (MailerError) naming the database and the cause."""
+    deadline = time.monotonic() + LOCK_PATIENCE
+    while True:
+        try:
+            return work(*args)
+        except MailerError:
+            raise
+        except Exception as exc:
+            if not (isinstance(exc, SQLAlchemyError) or is_dbapi_error(exc)):
+                raise
+            if _locked(exc) and time.monotonic() < deadline and not stop.is_set():
+                time.sleep(0.2)
+                continue
+            raise MailerError(database_problem(exc, db_url)) from None
+
+
+def _locked(exc: BaseException) -> bool:
+    """SQLite's "database is locked" / "database table is locked": another process holds
+    the write lock, which it will release; every other database error is final."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return "locked" in text or "busy" in text
 
 
 class LostLease(MailerError):
@@ -212,18 +277,40 @@ class LostLease(MailerError):
 # execution layer tripled the cost of these three tiny statements. SQLite only for now.
 
 
-def sql_value(value: Any) -> Any:
+def _sql_value(value: datetime) -> str:
     """Datetimes as UTCDateTime stores them (naive UTC, SQLAlchemy's SQLite format)."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return value
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 _SET = "UPDATE deliveries SET {} WHERE id = ?"
-SENT_SQL = _SET.format("status = 'sent', last_reply = ?, sent_at = ?, updated_at = ?")
-RETRY_SQL = _SET.format("status = 'retry', last_reply = ?, next_attempt_at = ?, updated_at = ?")
-STATUS_SQL = _SET.format("status = ?, last_reply = ?, updated_at = ?")
-REQUEUE_ONE_SQL = _SET.format("status = 'queued', attempts = attempts - 1, last_reply = ?, updated_at = ?")
+_RECORD_SQL = {
+    DeliveryStatus.SENT: _SET.format("status = 'sent', last_reply = ?, sent_at = ?, updated_at = ?"),
+    DeliveryStatus.RETRY: _SET.format(
+        "status = 'retry', last_reply = ?, next_attempt_at = ?, updated_at = ?"
+    ),
+    DeliveryStatus.QUEUED: _SET.format(
+        "status = 'queued', attempts = attempts - 1, last_reply = ?, updated_at = ?"
+    ),
+    DeliveryStatus.FAILED: _SET.format("status = 'failed', last_reply = ?, updated_at = ?"),
+    DeliveryStatus.SKIPPED: _SET.format("status = 'skipped', last_reply = ?, updated_at = ?"),
+}
+
+
+def record(
+    conn: Any, delivery_id: int, status: DeliveryStatus, reply: str, retry_at: datetime | None = None
+) -> None:
+    """What became of one message, in its own short transaction: `sending` → `status`.
+    `queued` means the attempt did not count (the run stopped, not the recipient's fault)."""
+    now = _sql_value(utcnow())
+    args: tuple[Any, ...]
+    if status is DeliveryStatus.SENT:
+        args = (reply, now, now, delivery_id)
+    elif status is DeliveryStatus.RETRY:
+        assert retry_at is not None
+        args = (reply, _sql_value(retry_at), now, delivery_id)
+    else:
+        args = (reply, now, delivery_id)
+    write(conn, _RECORD_SQL[status], args)
 
 
 def write(conn: Any, sql: str, args: tuple[Any, ...]) -> None:
