@@ -47,7 +47,8 @@ def test_demo_readers_are_added_to_a_new_database_once(tmp_path):
     config = write_config(tmp_path)
     first = _mailer(config, "init", "--demo").stdout
     assert "demo subscribers: 3 added" in first
-    assert _people(config) == {e: "active" for e in ("ada@example.com", "grace@example.com", "zoe@example.com")}
+    everyone = ("ada@example.com", "grace@example.com", "zoe@example.com")
+    assert _people(config) == dict.fromkeys(everyone, "active")
 
     _mailer(config, "subscribers", "forget", "ada@example.com")
     _mailer(config, "subscribers", "remove", "grace@example.com")
