@@ -14,6 +14,7 @@ few in NON_CONFIG_VARIABLES, which other parts of mailer read themselves.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -39,6 +40,20 @@ NON_CONFIG_VARIABLES = frozenset(
         "MAILER_TEST_POSTGRES_URL",  # the test suite's PostgreSQL server
     }
 )
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also IPv4-mapped), `localhost`; a bracketed IPv6 literal is fine."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 class _Section(BaseModel):
@@ -153,10 +168,7 @@ class DigestConfig(_Section):
             c in value for c in "<>\"'"
         ):
             raise ValueError(f"base_url must be an absolute http(s) URL in plain ASCII, got {value!r}")
-        host = urlsplit(value).hostname or ""
-        if value.startswith("http:") and not (
-            host == "localhost" or host.startswith("127.") or host == "::1"
-        ):
+        if value.startswith("http:") and not is_loopback(urlsplit(value).hostname or ""):
             # Mailbox providers only honour one-click unsubscribe over https (RFC 8058).
             raise ValueError(f"base_url must use https (http is only for a loopback preview), got {value!r}")
         return value.rstrip("/")

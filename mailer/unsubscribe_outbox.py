@@ -19,8 +19,9 @@ a row with another address (the person was forgotten and the id reused) is left 
 reader who resubscribed after the record was written stays subscribed (their last word
 wins); a bounce does not undo an unsubscribe.
 
-Until a record is applied `has_pending_unsubscribe(cfg, id)` is True, so delivery can
-honour the unsubscribe before the database shows it. This module imports no Flask.
+Until a record is applied `pending_unsubscribes(cfg)` holds its id, and the delivery
+engine checks it just before each message, so nobody is mailed after they said stop even
+while the database cannot show it yet. This module imports no Flask.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.models import Article, Subscriber
 from mailer.subscribers import SubscriberStore
-from mailer.web.outbox import has_pending_unsubscribe, outbox_folder, record
+from mailer.unsubscribe_outbox import has_pending_unsubscribe, outbox_folder, record
 from tests.conftest import ROOT
 from tests.smtp_server import SmtpServer, free_port
 from tests.web_server import FORM, ONE_CLICK, WebServer, mail_links, statuses, write_test_config
@@ -188,3 +188,18 @@ def test_a_replayed_unsubscribe_leaves_alone_a_newcomer_who_got_the_same_id(
     finally:
         web.close()
     assert now_statuses(db) == {ADA: "active", "cy@example.org": "active"}
+
+
+def test_delivery_honours_an_unsubscribe_still_waiting_in_the_outbox(seeded, cfg, smtp_server):
+    """Recorded but not yet in the database (the lock was held until a moment ago): the
+    next digest must not reach them anyway."""
+    from datetime import UTC, datetime
+
+    from mailer import campaign
+
+    with seeded.session() as s:
+        ada = s.scalars(select(Subscriber).where(Subscriber.email == "ada@example.com")).one()
+    record(outbox_folder(cfg), ada.id, ada.email)
+    [summary] = campaign.send_now(seeded, cfg, datetime(2026, 11, 30, 7, 0, tzinfo=UTC))
+    assert summary.finished and summary.sent == 2 and summary.skipped == 1
+    assert "ada@example.com" not in [r.recipients[0] for r in smtp_server.received]

@@ -17,8 +17,9 @@ Why this gives the crash bounds:
 * Only one run delivers a digest at a time: it holds the digest's lease and renews it
   on a timer; a renewal or a pre-send check that finds the lease gone halts every worker
   (queue.py says why a dead run's lease is always taken over when it runs out).
-* Every worker re-reads the subscriber's status just before sending, so nobody is mailed
-  after they stopped, even when their row was already claimed.
+* Every worker re-reads the subscriber's status just before sending, and the unsubscribe
+  outbox (requests not yet in a locked database), so nobody is mailed after they
+  stopped, even when their row was already claimed.
 
 What stops a run, and what does not:
 * One recipient's refusal (any reply to RCPT, 5.1.x/5.2.x at DATA) is that recipient's.
@@ -60,6 +61,7 @@ from mailer.models import Delivery, Digest, Subscriber, utcnow
 from mailer.smtp import Outcome, Result, SmtpBusy, SmtpConnection, SmtpFatal
 from mailer.subscribers import set_status
 from mailer.tokens import Tokens, load_secret
+from mailer.unsubscribe_outbox import pending_unsubscribes
 
 log = logging.getLogger("mailer.delivery")
 
@@ -277,6 +279,9 @@ class Deliverer:
                 if active is None:  # the database failed or the lease is lost: halted
                     shared.give_back(job)
                     return
+                # An unsubscribe still in the outbox (the database was locked) counts too.
+                if active and job.recipient.subscriber_id in pending_unsubscribes(self.cfg):
+                    active = False
                 result = (
                     self._send(template, smtp, job, shared)
                     if active

@@ -4,11 +4,11 @@ pages (dashboard, preview, past digests, mail catcher).
 * mailer.web.app: the app factory and the rules every request passes;
 * mailer.web.access: who may see the editor's pages, and which POSTs are cross-site;
 * mailer.web.public, mailer.web.editor: the two blueprints;
-* mailer.web.subscription, mailer.web.outbox: unsubscribe and resubscribe, and the
-  durable outbox that makes an unsubscribe survive a locked database and a crash.
+* mailer.web.subscription: unsubscribe and resubscribe, through the durable outbox
+  (mailer.unsubscribe_outbox, below the web: delivery reads it too) that makes an
+  unsubscribe survive a locked database and a crash.
 
-This package module imports no Flask, so `mailer.web.outbox.has_pending_unsubscribe` is
-cheap for the delivery engine to import; `create_app` loads the app on first use.
+This package module imports no Flask: `create_app` loads the app on first use.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ provably comes from this machine and not through anything else:
 The waitress settings (mailer.service.WEB_SERVER) keep proxy headers in the environment
 so this check sees them; nothing here trusts their values. Every other request needs the
 password (web.password / MAILER_WEB_PASSWORD, HTTP Basic), and without one configured
-the editor's pages do not exist (404). `is_loopback` is the only place that decides
+the editor's pages do not exist (404). `mailer.config.is_loopback` is the only place that decides
 whether a host is loopback.
 
 State-changing POSTs are refused (403) when the browser says they come from another
@@ -33,32 +33,17 @@ asked for.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from typing import Literal
 from urllib.parse import SplitResult, urlsplit
 
 from flask import Request, Response, abort
 
-from mailer.config import Config
+from mailer.config import Config, is_loopback
 
 PROXY_HEADERS = ("Forwarded", "X-Real-IP", "Via")
 PROXY_PREFIX = "X-Forwarded-"
 SAME_SITE_FETCH = ("same-origin", "none")
 ONE_CLICK_BODY = ("List-Unsubscribe", "One-Click")
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 (also IPv4-mapped), `localhost`; a bracketed IPv6 literal is fine."""
-    host = host.strip().strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
 
 
 def _split(url: str) -> SplitResult | None:

@@ -27,8 +27,8 @@ from mailer.db import Database
 from mailer.digest import template_environment
 from mailer.scheduler import Schedule
 from mailer.tokens import Tokens, load_secret
+from mailer.unsubscribe_outbox import Busy, Outbox, outbox_folder
 from mailer.web import MAX_BODY_BYTES, access, editor, public
-from mailer.web.outbox import Busy, Outbox, outbox_folder
 from mailer.web.subscription import InvalidLink, Subscriptions
 
 CROSS_SITE = "This form was sent from another web site, so nothing was changed."

@@ -21,7 +21,7 @@ from mailer.errors import MailerError
 from mailer.models import Subscriber
 from mailer.subscribers import set_status
 from mailer.tokens import Tokens
-from mailer.web.outbox import Busy, Outbox
+from mailer.unsubscribe_outbox import Busy, Outbox
 
 NOT_VALID = "This unsubscribe link is not valid. Nothing was changed."
 EXPIRED = (
