@@ -4,12 +4,22 @@ Building an EmailMessage costs ~7-8 ms per recipient, which alone would cap deli
 130 messages/s. So the email package builds one skeleton per digest (every header, both
 parts, the boundaries, the RFC 2047 encodings) with markers where recipients differ, and
 each recipient costs a few string substitutions plus base64 of the two bodies.
+
+Message-IDs are unique forever, not only within one database: `<digest-N.sub-M.KEY@domain>`
+where KEY is 128 random bits. A digest's delivery stores its key (Delivery.message_key,
+set when the row is first claimed), so every retry of that delivery carries the same ID;
+a test copy gets a fresh key each time. Derived IDs alone repeated after a database reset
+or on a second installation with the same domain, and Gmail silently drops a message whose
+Message-ID it has seen. Rows attempted before keys existed have the key "" and keep their
+old derived ID (`<digest-N.sub-M@domain>`), so their retries repeat it too.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
+import secrets
 from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
@@ -26,12 +36,19 @@ _FIELDS = ("to", "msgid", "unsub", "text", "html")
 _SPLIT = re.compile(rb"MAILERMARK(\w+?)X")
 
 
+def new_message_key() -> str:
+    """The random part of a Message-ID: 128 bits, 32 lower-case hex digits."""
+    return secrets.token_hex(16)
+
+
 @dataclass(frozen=True)
 class Recipient:
     subscriber_id: int
     email: str
     name: str
     unsubscribe_url: str
+    # A delivery passes its stored key (the same on every retry); left out, a fresh one.
+    message_key: str = dataclasses.field(default_factory=new_message_key)
 
 
 def message_id_domain(cfg: Config) -> str:
@@ -51,9 +68,16 @@ def list_id(cfg: Config) -> str:
     return _with_phrase("List-Id", _header_safe(cfg.digest.name), f"<{label}.{message_id_domain(cfg)}>")
 
 
-def message_id(domain: str, digest_id: int, subscriber_id: int) -> str:
-    """Derived, not random: a retry of the same delivery carries the same Message-ID."""
-    return f"<digest-{digest_id}.sub-{subscriber_id}@{domain}>"
+def message_id(domain: str, digest_id: int, subscriber_id: int, key: str) -> str:
+    """Unique through `key` (see the module docstring); "" is the pre-key derived form."""
+    # The key reaches a header as it is: only letters and digits are kept (it comes from the
+    # database, where anything could have been written).
+    key = _NOT_IN_KEY.sub("", key)
+    suffix = f".{key}" if key else ""
+    return f"<digest-{digest_id}.sub-{subscriber_id}{suffix}@{domain}>"
+
+
+_NOT_IN_KEY = re.compile(r"[^A-Za-z0-9]+")
 
 
 def _header_safe(text: str) -> str:
@@ -145,7 +169,7 @@ class MessageTemplate:
         display = _header_safe(rcpt.name)
         values = {
             "to": (_with_phrase("To", display, f"<{email}>") if display else email).encode("utf-8"),
-            "msgid": message_id(self.domain, self.digest_id, rcpt.subscriber_id).encode(),
+            "msgid": message_id(self.domain, self.digest_id, rcpt.subscriber_id, rcpt.message_key).encode(),
             "unsub": url,
             "text": self.text.base64(url),
             "html": self.html.base64(url),

@@ -149,6 +149,10 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The random part of this delivery's Message-ID (mailer.message): set when it is first
+    # claimed, before anything is sent, and kept, so every retry carries the same ID and no
+    # other message ever does. "" on rows sent before it existed (their ID had no key).
+    message_key: Mapped[str | None] = mapped_column(String(32))
 
 
 DELIVERY_PENDING = ("queued", "sending", "retry")

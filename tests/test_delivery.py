@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from mailer import campaign, delivery
 from mailer import digest as digests
@@ -98,6 +98,8 @@ def test_temporary_failure_is_retried_later_with_the_same_message_id(seeded, cfg
     assert not first.finished and first.retry == 1 and first.sent == 2
     status, attempts, reply = _rows(seeded)["grace@example.com"]
     assert (status, attempts) == ("retry", 1) and reply.startswith("451")
+    key = _key(seeded, "grace@example.com")  # stored by the first attempt
+    assert key and len(key) == 32
     # Not yet due: nothing is sent before the back-off has passed.
     with freeze_time(T0 + timedelta(seconds=30)):
         campaign.deliver_unfinished(seeded, cfg)
@@ -109,10 +111,86 @@ def test_temporary_failure_is_retried_later_with_the_same_message_id(seeded, cfg
     assert _rows(seeded)["grace@example.com"][:2] == ("sent", 2)
     ids = [r.message["Message-ID"] for r in smtp_server.received if "grace@example.com" in r.recipients]
     assert len(ids) == 1
-    # Same delivery, same Message-ID as the first attempt would have carried.
+    # Same delivery, same Message-ID as the first attempt carried.
     with seeded.session() as s:
         sub_id = s.scalar(select(Subscriber.id).where(Subscriber.email == "grace@example.com"))
-    assert ids[0] == f"<digest-{_digest(seeded).id}.sub-{sub_id}@example.org>"
+    assert ids[0] == f"<digest-{_digest(seeded).id}.sub-{sub_id}.{key}@example.org>"
+    assert _key(seeded, "grace@example.com") == key
+
+
+def _key(db, email: str) -> str | None:
+    with db.session() as s:
+        return s.scalar(
+            select(Delivery.message_key)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(Subscriber.email == email)
+        )
+
+
+def test_a_message_resent_after_a_crash_repeats_its_message_id(seeded, cfg, smtp_server):
+    """A run killed after the server accepted a message but before recording it sends that
+    message again on restart: with the same Message-ID, so the mailbox keeps one copy."""
+    [summary] = campaign.send_now(seeded, cfg, T0)
+    assert summary.finished
+    first = {r.recipients[0]: r.message["Message-ID"] for r in smtp_server.received}
+    d = _digest(seeded)
+    with seeded.session() as s:  # as a dead run leaves it: the digest unfinished, the row claimed
+        grace = s.scalar(select(Subscriber.id).where(Subscriber.email == "grace@example.com"))
+        s.execute(update(Digest).where(Digest.id == d.id).values(status="sending", finished_at=None))
+        s.execute(
+            update(Delivery)
+            .where(Delivery.digest_id == d.id, Delivery.subscriber_id == grace)
+            .values(status="sending")
+        )
+    [again] = campaign.deliver_unfinished(seeded, cfg)
+    assert again.finished and again.sent == 1
+    resent = smtp_server.received[-1]
+    assert resent.recipients == ["grace@example.com"]
+    assert resent.message["Message-ID"] == first["grace@example.com"]
+    assert f".{_key(seeded, 'grace@example.com')}@" in first["grace@example.com"]  # the stored key
+    assert len(set(first.values())) == 3
+
+
+def test_rows_attempted_before_the_upgrade_keep_their_message_id(tmp_path):
+    """Migration 0004: a row already attempted went out with the old derived Message-ID, so
+    it gets the key "" and its retry repeats that ID; the others get a key when claimed."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from mailer.db import Database, alembic_config
+    from mailer.message import message_id
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0003")
+    db = Database(url)
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO subscribers (id, email, name, status, created_at, status_changed_at,"
+                " token_nonce, bounce_count) VALUES (1, 'a@example.com', '', 'active', :t, :t, 'n', 0),"
+                " (2, 'b@example.com', '', 'active', :t, :t, 'n', 0)"
+            ),
+            {"t": "2026-11-25 10:00:00.000000"},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO digests (id, slot_key, slot_at, status, subject, html, text, note,"
+                " created_at) VALUES (7, 'manual:x', :t, 'sending', 's', '', '', '', :t)"
+            ),
+            {"t": "2026-11-25 10:00:00.000000"},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO deliveries (digest_id, subscriber_id, status, attempts, last_reply)"
+                " VALUES (7, 1, 'retry', 1, '451 busy'), (7, 2, 'queued', 0, '')"
+            )
+        )
+    db.migrate()
+    with db.engine.connect() as conn:
+        keys = dict(conn.execute(text("SELECT subscriber_id, message_key FROM deliveries")).all())
+    db.dispose()
+    assert keys == {1: "", 2: None}
+    assert message_id("example.org", 7, 1, keys[1]) == "<digest-7.sub-1@example.org>"
 
 
 def test_permanent_failure_is_recorded_and_the_subscriber_is_bounced(seeded, cfg, smtp_server):

@@ -28,7 +28,7 @@ from mailer.errors import ConfigError, InputError
 from mailer.models import Article, Delivery, Digest, Subscriber
 from mailer.subscribers import SubscriberStore
 from mailer.tokens import Tokens, load_secret
-from tests.conftest import SUBSCRIBERS, write_config
+from tests.conftest import SEEDS, SUBSCRIBERS, write_config
 from tests.smtp_server import Received, SmtpServer
 
 T0 = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
@@ -203,16 +203,65 @@ def test_from_to_subject_and_date_headers(seeded: Database, cfg: Config, smtp_se
     assert decoded(raw_header(zoe, "To")) == "Zoë “Z” Müller <zoe@example.com>"
 
 
-def test_message_ids_are_derived_from_digest_and_subscriber_and_unique(
+def stored_keys(db: Database) -> dict[str, str | None]:
+    with db.session() as s:
+        rows = s.execute(
+            select(Subscriber.email, Delivery.message_key).join(
+                Subscriber, Subscriber.id == Delivery.subscriber_id
+            )
+        )
+        return dict(rows.all())
+
+
+def test_message_ids_carry_the_deliverys_stored_random_key(
     seeded: Database, cfg: Config, smtp_server: SmtpServer
 ) -> None:
     received = send(seeded, cfg, smtp_server)
     digest_id = the_digest(seeded).id
     ids = subscriber_ids(seeded)
+    keys = stored_keys(seeded)
     message_ids = [parse(r.data)["Message-ID"] for r in received]
     assert len(set(message_ids)) == 3
     for r, message_id in zip(received, message_ids, strict=True):
-        assert message_id == f"<digest-{digest_id}.sub-{ids[r.recipients[0]]}@example.org>"
+        address = r.recipients[0]
+        key = keys[address]
+        assert key is not None and re.fullmatch(r"[0-9a-f]{32}", key)
+        assert message_id == f"<digest-{digest_id}.sub-{ids[address]}.{key}@example.org>"
+
+
+def test_message_ids_differ_after_a_database_reset(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    """The same digest number to the same reader, from a new database (or a second
+    installation with the same domain), must not repeat a Message-ID: a mailbox that has
+    seen one drops the next message carrying it."""
+    seen = []
+    for attempt in ("first", "reset"):
+        folder = tmp_path / attempt
+        folder.mkdir()
+        cfg = load_config(str(config_file(folder, smtp_server.port)))
+        db = Database(cfg.database_url)
+        db.migrate()
+        ArticleStore(db, cfg).import_paths([str(SEEDS)])
+        SubscriberStore(db).add("ada@example.com", "Ada Lovelace")
+        [summary] = campaign.send_now(db, cfg, T0)
+        assert summary.sent == 1
+        seen.append(parse(smtp_server.received[-1].data)["Message-ID"])
+        db.dispose()
+    assert seen[0].startswith("<digest-1.sub-1.") and seen[1].startswith("<digest-1.sub-1.")
+    assert seen[0] != seen[1]
+
+
+def test_every_test_copy_has_a_new_message_id(seeded: Database, cfg: Config, smtp_server: SmtpServer) -> None:
+    from mailer import delivery
+    from mailer import digest as digests
+
+    p = digests.preview(seeded, cfg)
+    assert p is not None
+    for _ in range(2):
+        delivery.send_test(cfg, p.html, p.text, p.subject, "editor@example.com")
+    first, second = (parse(r.data)["Message-ID"] for r in smtp_server.received)
+    assert first != second
+    for message_id in (first, second):
+        assert re.fullmatch(r"<digest-0\.sub-0\.[0-9a-f]{32}@example\.org>", message_id)
 
 
 def test_list_unsubscribe_is_the_subscribers_own_link_and_matches_both_footers(
@@ -421,7 +470,7 @@ def test_hostile_text_cannot_add_a_header_or_a_recipient(
         msg = assert_one_recipient_and_exact_headers(r)
         assert msg["Bcc"] is None and msg["X-Injected"] is None
         assert not re.search(rb"^(Bcc|X-Injected):", r.data, re.IGNORECASE | re.MULTILINE)
-        assert re.fullmatch(r"<digest-\d+\.sub-\d+@[A-Za-z0-9.-]+>", str(msg["Message-ID"]))
+        assert re.fullmatch(r"<digest-\d+\.sub-\d+\.[0-9a-f]{32}@[A-Za-z0-9.-]+>", str(msg["Message-ID"]))
         if reaches is None:
             # Titles are in the bodies only: as text there, never markup or headers.
             text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]

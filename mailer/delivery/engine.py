@@ -396,6 +396,7 @@ class Deliverer:
                     c.email,
                     c.name,
                     unsubscribe_url(self.cfg, self.tokens, c.subscriber_id, c.nonce),
+                    c.message_key,
                 ),
             )
             for c in claimed

@@ -39,12 +39,13 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mailer import digest as digests
 from mailer.errors import MailerError, database_problem, is_dbapi_error
+from mailer.message import new_message_key
 from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber, utcnow
 
 # How long a run waits for a database another process keeps locked.
@@ -120,6 +121,8 @@ class Claimed:
     email: str
     name: str
     nonce: str
+    # The row's Message-ID key: stored when the row is first claimed, then always the same.
+    message_key: str
 
 
 def claim(
@@ -143,6 +146,7 @@ def claim(
             Subscriber.name,
             Subscriber.status,
             Subscriber.token_nonce,
+            Delivery.message_key,
         )
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
         .where(Delivery.digest_id == digest_id, due)
@@ -151,11 +155,24 @@ def claim(
     ).all()
     jobs: list[Claimed] = []
     inactive: list[int] = []
-    for delivery_id, attempts, sub_id, email, name, status, nonce in rows:
-        if status == "active":
-            jobs.append(Claimed(delivery_id, attempts + 1, sub_id, email, name, nonce))
-        else:
+    new_keys: list[dict[str, Any]] = []
+    for delivery_id, attempts, sub_id, email, name, status, nonce, key in rows:
+        if status != "active":
             inactive.append(delivery_id)
+            continue
+        if key is None:  # first claim: the key is stored before any message can go out
+            key = new_message_key()
+            new_keys.append({"row": delivery_id, "key": key})
+        jobs.append(Claimed(delivery_id, attempts + 1, sub_id, email, name, nonce, key))
+    if new_keys:
+        # One executemany on the connection (the ORM would take a list of rows for a bulk
+        # update by primary key, which cannot keep the IS NULL guard).
+        s.connection().execute(
+            update(Delivery)
+            .where(Delivery.id == bindparam("row"), Delivery.message_key.is_(None))
+            .values(message_key=bindparam("key")),
+            new_keys,
+        )
     if inactive:
         _set(
             s,

@@ -14,7 +14,7 @@ from mailer.delivery import queue
 from mailer.delivery.queue import DeliveryStatus
 from mailer.dkim import DkimSigner
 from mailer.errors import NotFound
-from mailer.message import MessageTemplate, Recipient
+from mailer.message import MessageTemplate, Recipient, new_message_key
 from mailer.models import Delivery, Digest, Subscriber, utcnow
 from mailer.smtp import Outcome, SmtpConnection, SmtpFatal
 
@@ -48,7 +48,9 @@ def retry_failed(db: Database, digest_id: int) -> int:
 def send_test(cfg: Config, html: str, text: str, subject: str, to: str) -> str:
     """A test copy of a digest to one address; no state changes. Returns the server reply."""
     template = MessageTemplate(cfg, 0, f"[TEST] {subject}", html, text)
-    rcpt = Recipient(0, to, "", cfg.digest.base_url + digests.PREVIEW_UNSUBSCRIBE)
+    # A fresh Message-ID key for every copy: a mailbox drops a Message-ID it has seen.
+    url = cfg.digest.base_url + digests.PREVIEW_UNSUBSCRIBE
+    rcpt = Recipient(0, to, "", url, new_message_key())
     data = template.render(rcpt)
     signer = DkimSigner.from_config(cfg)
     if signer is not None:
