@@ -1,10 +1,18 @@
-"""The command line: parse, call a core function, print. Errors are one line and exit 1."""
+"""The command line: parse, call a core function, print. Errors are one line and exit 1.
+
+A reader that closes stdout early (`mailer articles list | head -1`) is not an error: the
+command stops writing and exits with status 141 (128 + SIGPIPE, what a Unix tool killed by
+SIGPIPE reports) and prints nothing. SIGPIPE itself stays ignored, as Python sets it: a
+default SIGPIPE would also kill `serve` and `digest send` on a socket the peer closed.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -30,7 +38,15 @@ from mailer.scheduler import Schedule
 from mailer.subscribers import STATUSES, SubscriberStore
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False, soft_wrap=True)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's own handling exits with status 1: a closed stdout is handled as everywhere.
+        _stdout_closed()
+
+
+out = _Console(highlight=False, soft_wrap=True)
 
 
 class App:
@@ -65,6 +81,10 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except MailerError as exc:
             _fail(str(exc))
+        except BrokenPipeError as exc:
+            if _stdout_gone():
+                _stdout_closed()
+            _fail(exc.strerror or str(exc))  # some other pipe or socket
         except SQLAlchemyError as exc:
             _fail(database_problem(exc, _database_url(app)))
         except OSError as exc:
@@ -92,6 +112,31 @@ def _database_url(app: App | None) -> str | None:
 def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+# The exit status when the reader of stdout went away: 128 + SIGPIPE, as a shell reports a
+# Unix tool that SIGPIPE ended (`set -o pipefail` then sees it; a truncated export is not 0).
+STDOUT_CLOSED = 128 + signal.SIGPIPE
+
+
+def _stdout_gone() -> bool:
+    """True when stdout is a pipe whose reader has closed it (poll reports an error on the
+    write end of a pipe with no reader), not some other broken pipe (a socket)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _stdout_closed() -> NoReturn:
+    """Stop quietly: nothing more can be written, and what is still buffered goes to
+    /dev/null, so that the flush at exit does not report the broken pipe either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(STDOUT_CLOSED)
 
 
 def command(group: click.Group, name: str | None = None, **kw: Any) -> Callable[[F], F]:
@@ -546,7 +591,13 @@ def digest_retry(app: App, digest_id: int) -> None:
 def main() -> None:
     """Run the CLI; usage errors too are one line on stderr and exit status 1."""
     try:
-        cli.main(prog_name="mailer", standalone_mode=False)
+        try:
+            cli.main(prog_name="mailer", standalone_mode=False)
+        finally:
+            # Output still buffered meets a closed pipe here, after the command returned.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_closed()
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
