@@ -138,7 +138,10 @@ class Renderer:
         return inline_css(raw)
 
     def text(self, content: Content, unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> str:
-        return self.env.get_template("digest.txt").render(self._context(content, unsubscribe_url))
+        """The text part, ending in exactly one newline (Jinja drops a template's last one,
+        and a user's template may have none or several)."""
+        text = self.env.get_template("digest.txt").render(self._context(content, unsubscribe_url))
+        return text.rstrip("\n") + "\n"
 
 
 def inline_css(html: str) -> str:
