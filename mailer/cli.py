@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailer import campaign, delivery, demo, progress
 from mailer import digest as digests
-from mailer.articles import ArticleStore
+from mailer.articles import ArticleStore, read_regular_file
 from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.errors import InputError, MailerError, database_os_problem, database_problem, is_dbapi_error
@@ -305,8 +305,9 @@ def articles_add(
     if (body is None) == (body_file is None):
         raise InputError("give exactly one of --body or --body-file")
     if body_file is not None:
+        # Like `articles import`: a regular file within the size limit, never /dev/zero or a FIFO.
         try:
-            text = decode(Path(body_file).read_bytes())
+            text = decode(read_regular_file(Path(body_file)))
         except InputError as exc:
             raise InputError(f"{body_file}: {exc}") from None
     else:
