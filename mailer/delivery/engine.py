@@ -251,11 +251,9 @@ class Deliverer:
         self, template: MessageTemplate, shared: _Shared, halt: threading.Event, summary: RunSummary
     ) -> None:
         smtp = SmtpConnection(self.cfg.smtp)
-        # The raw DBAPI connection (with the engine's pragmas): the per-message commit is
-        # three tiny statements, and SQLAlchemy's execution layer tripled their cost.
-        conn: Any = None
+        conn: queue.FastPath | None = None
         try:
-            conn = self._guard_db(shared, halt, self.db.engine.raw_connection)
+            conn = self._guard_db(shared, halt, self._fast_path)
             while conn is not None and not (halt.is_set() or self.stop.is_set()):
                 if not self._connect(smtp, shared, halt, summary):
                     return
@@ -270,8 +268,7 @@ class Deliverer:
                 active = self._guard_db(
                     shared,
                     halt,
-                    queue.still_active,
-                    conn,
+                    conn.still_active,
                     job.recipient.subscriber_id,
                     summary.digest_id,
                     self.owner,
@@ -305,6 +302,10 @@ class Deliverer:
             smtp.close()
             if conn is not None:
                 conn.close()
+
+    def _fast_path(self) -> queue.FastPath:
+        # A raw connection from the engine's pool: with the engine's pragmas on SQLite.
+        return queue.FastPath(self.db.engine.raw_connection(), self.db.engine.dialect.name)
 
     def _send(
         self, template: MessageTemplate, smtp: SmtpConnection, job: _Job, shared: _Shared
@@ -404,7 +405,7 @@ class Deliverer:
 
     def _record(
         self,
-        conn: Any,
+        conn: queue.FastPath,
         job: _Job,
         result: Result,
         summary: RunSummary,
@@ -417,7 +418,7 @@ class Deliverer:
         if outcome is Outcome.TEMPORARY:
             delays = self.cfg.delivery.retry_minutes
             retry_at = utcnow() + timedelta(minutes=delays[min(job.attempts, len(delays)) - 1])
-        queue.record(conn, job.delivery_id, _STATUS_OF[outcome], result.reply, retry_at)
+        conn.record(job.delivery_id, _STATUS_OF[outcome], result.reply, retry_at)
         # Counted only once recorded: a write that failed leaves the summary true.
         if outcome is Outcome.SENT:
             summary.sent += 1

@@ -290,13 +290,85 @@ class LostLease(MailerError):
 
 
 # ---------------------------------------------------------------- the per-message fast path
-# One short commit per message on the worker's raw DB-API connection: SQLAlchemy's
-# execution layer tripled the cost of these three tiny statements. SQLite only for now.
 
 
-def _sql_value(value: datetime) -> str:
-    """Datetimes as UTCDateTime stores them (naive UTC, SQLAlchemy's SQLite format)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+class FastPath:
+    """A worker's own raw DB-API connection for the two statements it runs per message.
+    SQLAlchemy's execution layer tripled their cost, so they are written here once per
+    dialect: SQLite (`?`, an explicit BEGIN IMMEDIATE on a connection in autocommit mode,
+    datetimes in SQLAlchemy's text format) and PostgreSQL through psycopg (`%s`, implicit
+    transactions ended by commit, datetime objects)."""
+
+    def __init__(self, raw: Any, dialect: str) -> None:
+        self.raw = raw
+        self.sqlite = dialect == "sqlite"
+        self._record_sql = {k: self._sql(v) for k, v in _RECORD_SQL.items()}
+        self._check_sql = self._sql(_CHECK_SQL)
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.sqlite else sql.replace("?", "%s")
+
+    def _time(self, value: datetime) -> Any:
+        naive = value.astimezone(UTC).replace(tzinfo=None)
+        # SQLite has no datetime type: the text format UTCDateTime's impl stores.
+        return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else naive
+
+    def record(self, delivery_id: int, status: DeliveryStatus, reply: str, retry_at: datetime | None) -> None:
+        """What became of one message, in its own short transaction: `sending` → `status`.
+        `queued` means the attempt did not count (the run stopped, not the recipient's fault)."""
+        now = self._time(utcnow())
+        args: tuple[Any, ...]
+        if status is DeliveryStatus.SENT:
+            args = (reply, now, now, delivery_id)
+        elif status is DeliveryStatus.RETRY:
+            assert retry_at is not None
+            args = (reply, self._time(retry_at), now, delivery_id)
+        else:
+            args = (reply, now, delivery_id)
+        cur = self.raw.cursor()
+        try:
+            if self.sqlite:
+                cur.execute("BEGIN IMMEDIATE")
+            cur.execute(self._record_sql[status], args)
+            self._commit(cur)
+        except BaseException:
+            with contextlib.suppress(Exception):  # BEGIN itself may be what failed
+                self._rollback(cur)
+            raise
+        finally:
+            cur.close()
+
+    def still_active(self, subscriber_id: int, digest_id: int, owner: str) -> bool:
+        """Just before each message: is the subscriber still active, and does this run still
+        hold the digest? A read that never waits for a writer (WAL; PostgreSQL's MVCC), so an
+        unsubscribe counts even for an already-claimed row, and a run that stalled past its
+        lease stops at its next message instead of sending a batch another run has taken."""
+        cur = self.raw.cursor()
+        try:
+            cur.execute(self._check_sql, (subscriber_id, digest_id))
+            row = cur.fetchone()
+            if not self.sqlite:
+                self.raw.commit()  # end the read's implicit transaction
+        finally:
+            cur.close()
+        if row is None or row[1] != owner:
+            raise LostLease()
+        return bool(row[0] == "active")
+
+    def _commit(self, cur: Any) -> None:
+        if self.sqlite:
+            cur.execute("COMMIT")
+        else:
+            self.raw.commit()
+
+    def _rollback(self, cur: Any) -> None:
+        if self.sqlite:
+            cur.execute("ROLLBACK")
+        else:
+            self.raw.rollback()
+
+    def close(self) -> None:
+        self.raw.close()
 
 
 _SET = "UPDATE deliveries SET {} WHERE id = ?"
@@ -311,53 +383,4 @@ _RECORD_SQL = {
     DeliveryStatus.FAILED: _SET.format("status = 'failed', last_reply = ?, updated_at = ?"),
     DeliveryStatus.SKIPPED: _SET.format("status = 'skipped', last_reply = ?, updated_at = ?"),
 }
-
-
-def record(
-    conn: Any, delivery_id: int, status: DeliveryStatus, reply: str, retry_at: datetime | None = None
-) -> None:
-    """What became of one message, in its own short transaction: `sending` → `status`.
-    `queued` means the attempt did not count (the run stopped, not the recipient's fault)."""
-    now = _sql_value(utcnow())
-    args: tuple[Any, ...]
-    if status is DeliveryStatus.SENT:
-        args = (reply, now, now, delivery_id)
-    elif status is DeliveryStatus.RETRY:
-        assert retry_at is not None
-        args = (reply, _sql_value(retry_at), now, delivery_id)
-    else:
-        args = (reply, now, delivery_id)
-    write(conn, _RECORD_SQL[status], args)
-
-
-def write(conn: Any, sql: str, args: tuple[Any, ...]) -> None:
-    """One statement in its own write transaction on a raw connection."""
-    cur = conn.cursor()
-    try:
-        cur.execute("BEGIN IMMEDIATE")
-        cur.execute(sql, args)
-        cur.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(Exception):  # BEGIN itself may be what failed
-            cur.execute("ROLLBACK")
-        raise
-    finally:
-        cur.close()
-
-
-def still_active(conn: Any, subscriber_id: int, digest_id: int, owner: str) -> bool:
-    """Just before each message: is the subscriber still active, and does this run still
-    hold the digest? An autocommit read (WAL readers never wait for the writer), so an
-    unsubscribe counts even for an already-claimed row, and a run that stalled past its
-    lease stops at its next message instead of sending a batch another run has taken."""
-    cur = conn.cursor()
-    try:
-        row = cur.execute(
-            "SELECT (SELECT status FROM subscribers WHERE id = ?), lease_owner FROM digests WHERE id = ?",
-            (subscriber_id, digest_id),
-        ).fetchone()
-    finally:
-        cur.close()
-    if row is None or row[1] != owner:
-        raise LostLease()
-    return row[0] == "active"
+_CHECK_SQL = "SELECT (SELECT status FROM subscribers WHERE id = ?), lease_owner FROM digests WHERE id = ?"
