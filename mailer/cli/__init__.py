@@ -1,0 +1,9 @@
+"""The command line: `mailer.cli:main` is the entry point, `cli` the click group.
+
+One module per command group; importing them registers their commands on `cli`.
+"""
+
+from mailer.cli import articles, digest, serve, subscribers
+from mailer.cli.base import App, cli, command, main
+
+__all__ = ["App", "articles", "cli", "command", "digest", "main", "serve", "subscribers"]

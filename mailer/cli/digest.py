@@ -1,0 +1,166 @@
+"""`mailer digest`: preview, send, list, status and retry digests."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import webbrowser
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from mailer import campaign, delivery, progress
+from mailer import digest as digests
+from mailer.cli.base import App, _json, _when, cli, command, out
+from mailer.errors import InputError
+from mailer.models import utcnow
+
+
+@cli.group()
+def digest() -> None:
+    """Preview, send and inspect digests."""
+
+
+@command(digest, "preview")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write to this file.")
+@click.option("--open", "open_browser", is_flag=True, help="Open it in a browser.")
+@click.option("--text", "as_text", is_flag=True, help="The plain-text part instead of HTML.")
+def digest_preview(app: App, out_file: str | None, open_browser: bool, as_text: bool) -> None:
+    """Render the next digest without changing anything."""
+    p = digests.preview(app.db, app.cfg)
+    if p is None:
+        raise InputError("nothing to preview: there are no unsent articles")
+    body = p.text if as_text else p.html
+    if out_file is None and open_browser:
+        out_file = str(app.cfg.var_dir / ("preview.txt" if as_text else "preview.html"))
+    if out_file is None:
+        click.echo(body)
+        return
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_file).write_text(body, encoding="utf-8")
+    click.echo(f"{p.subject} ({p.article_count} articles) written to {out_file}")
+    if open_browser:
+        webbrowser.open(Path(out_file).resolve().as_uri())
+
+
+@command(digest, "send")
+@click.option("--now", "now_flag", is_flag=True, help="Build (or resume) the digest and deliver it.")
+@click.option("--to", "to", metavar="EMAIL", help="Send a test copy to one address; no state changes.")
+def digest_send(app: App, now_flag: bool, to: str | None) -> None:
+    """Send the digest now, or a test copy."""
+    from mailer.subscribers import normalise_email
+
+    if now_flag == (to is not None):
+        raise InputError("give exactly one of --now or --to EMAIL")
+    cfg = app.cfg
+    if to is not None:
+        address = normalise_email(to)
+        p = digests.preview(app.db, cfg)
+        if p is None:
+            raise InputError("nothing to send: there are no unsent articles")
+        reply = delivery.send_test(cfg, p.html, p.text, p.subject, address)
+        click.echo(f"test copy of {p.subject!r} sent to {address}: {reply}")
+        return
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        # Finish and record the message in flight, then stop: no duplicates on restart.
+        click.echo(f"{signal.Signals(signum).name}: stopping after the message in flight", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
+    def _waiting(summary: delivery.RunSummary) -> None:
+        click.echo(f"{progress.summary_line(summary)}; taking over if it has stopped", err=True)
+
+    with progress.reporter(app.db) as on_progress:
+        summaries = campaign.send_now(app.db, cfg, utcnow(), stop, on_progress, on_wait=_waiting)
+    failed = False
+    for s in summaries:
+        click.echo(progress.summary_line(s))
+        if s.stopped:
+            click.echo(f"error: digest #{s.issue}: {s.stopped}", err=True)
+            failed = True
+    if failed:
+        sys.exit(1)
+
+
+@command(digest, "list")
+@click.option("--json", "as_json", is_flag=True)
+def digest_list(app: App, as_json: bool) -> None:
+    """Past digests with their delivery counts."""
+    rows = digests.list_digests(app.db)
+    if as_json:
+        _json([r.__dict__ for r in rows])
+        return
+    table = Table(
+        "id",
+        "issue",
+        "slot",
+        "status",
+        "articles",
+        "sent",
+        "pending",
+        "failed",
+        "subject",
+        box=None,
+    )
+    for r in rows:
+        pending = sum(r.counts.get(k, 0) for k in ("queued", "sending", "retry"))
+        table.add_row(
+            str(r.id),
+            str(r.issue or "-"),
+            r.slot,
+            r.status,
+            str(r.articles),
+            str(r.counts.get("sent", 0)),
+            str(pending),
+            str(r.counts.get("failed", 0)),
+            r.subject or r.note,
+        )
+    out.print(table)
+    click.echo(f"{len(rows)} digest(s)")
+
+
+@command(digest, "status")
+@click.argument("digest_id", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True)
+def digest_status(app: App, digest_id: int | None, as_json: bool) -> None:
+    """Where a digest's delivery stands: queued, sent, retrying, failed, bounced, errors."""
+    st = delivery.status_of(app.db, digest_id)
+    if as_json:
+        _json(st.__dict__)
+        return
+    c = st.counts
+    click.echo(f"digest #{st.issue} (id {st.digest_id}, {st.status}): {st.subject}")
+    click.echo(
+        f"  queued {c['queued'] + c['sending']}, sent {c['sent']}, retrying {c['retry']}, "
+        f"failed {c['failed']} (bounced {st.bounced}), skipped {c['skipped']}"
+    )
+    if st.next_retry_at:
+        click.echo(f"  next retry: {_when(st.next_retry_at, app.cfg)}")
+    if st.lease_owner and st.lease_until:
+        until = st.lease_until.astimezone(app.cfg.zone)
+        click.echo(
+            f"  being delivered by {st.lease_owner}, lease until {until:%H:%M:%S %Z}"
+            " (a run that stops renewing it is taken over then)"
+        )
+    if st.last_error:
+        click.echo(f"  last run stopped: {st.last_error}")
+        if st.next_run_at:
+            click.echo(f"  the service tries again at {_when(st.next_run_at, app.cfg)}")
+    for reply, n in st.errors:
+        click.echo(f"  {n} x {reply}")
+
+
+@command(digest, "retry")
+@click.argument("digest_id", type=int)
+def digest_retry(app: App, digest_id: int) -> None:
+    """Put a digest's failed deliveries back in the queue (active subscribers only)."""
+    n = delivery.retry_failed(app.db, digest_id)
+    click.echo(f"{n} failed deliveries of digest id {digest_id} queued again")
+    if n:
+        click.echo("they go out with the next `mailer digest send --now` or the service's next tick")
