@@ -134,7 +134,15 @@ class Renderer:
         }
 
     def html(self, content: Content, unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> str:
-        raw = self.env.get_template("digest.html").render(self._context(content, unsubscribe_url))
+        context = self._context(content, unsubscribe_url)
+        # The dark palette of the template's prefers-color-scheme rules; the accent as text
+        # on the dark card is lightened until it reads (WCAG contrast >= 4.5).
+        context.update(
+            dark_page=DARK_PAGE,
+            dark_card=DARK_CARD,
+            accent_on_dark=readable_on(self.cfg.digest.accent_color, DARK_CARD),
+        )
+        raw = self.env.get_template("digest.html").render(context)
         return inline_css(raw)
 
     def text(self, content: Content, unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> str:
@@ -158,6 +166,43 @@ def inline_css(html: str) -> str:
         disable_validation=True,
         cssutils_logging_level=logging.CRITICAL,
     ).transform()
+
+
+DARK_PAGE = "#111827"
+DARK_CARD = "#1f2937"
+
+
+def _rgb(colour: str) -> list[int]:
+    """'#1a56db' or '#15d' -> [26, 86, 219] (the config accepts only these two forms)."""
+    digits = colour.lstrip("#")
+    if len(digits) == 3:
+        digits = "".join(d * 2 for d in digits)
+    return [int(digits[i : i + 2], 16) for i in (0, 2, 4)]
+
+
+def luminance(colour: str) -> float:
+    """WCAG relative luminance."""
+    channels = [c / 255 for c in _rgb(colour)]
+    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two hex colours, 1 to 21."""
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def readable_on(colour: str, background: str, minimum: float = 4.5) -> str:
+    """`colour` mixed with white in 10 % steps until it reaches `minimum` contrast on the
+    dark `background` (at worst white itself): the accent as text in dark mode keeps its
+    hue and stays legible."""
+    rgb = _rgb(colour)
+    for step in range(10):
+        mixed = "#" + "".join(f"{round(c + (255 - c) * step / 10):02x}" for c in rgb)
+        if contrast(mixed, background) >= minimum:
+            return mixed
+    return "#ffffff"
 
 
 def _unsent(s: Session, limit: int, themes: Themes) -> list[Article]:
