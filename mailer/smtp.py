@@ -1,14 +1,40 @@
-"""One SMTP connection (smtplib), reused across messages, and how its errors are classified.
+"""One SMTP connection (smtplib), reused across messages, and what each reply means.
 
 TLS always verifies the certificate and the host name (ssl.create_default_context, with an
-optional CA file). Replies are classified so that delivery knows what to do:
+optional CA file). A reply concerns what the command it answers was about, so it is
+classified by the stage it came at:
+
+    stage                   4xx          5xx
+    greeting, EHLO          SmtpBusy     SmtpFatal
+    STARTTLS, AUTH          SmtpBusy     SmtpFatal
+    MAIL FROM               TEMPORARY    FATAL      (the sender: the same for everyone)
+    RCPT TO                 TEMPORARY    PERMANENT  (that recipient, 5.7.x policy included)
+    DATA and end of data    TEMPORARY    FATAL      (the message is the same for everyone),
+                                         PERMANENT  when the code is about the address or
+                                                    mailbox (5.1.x, 5.2.x: "552 5.2.2 full")
 
 * SENT      2xx for the whole transaction;
-* TEMPORARY 4xx, or the connection dropped: retry later, same Message-ID;
-* PERMANENT 5xx about the recipient (550/551/553 at RCPT, or 5.1.x/5.2.x): record it;
-* FATAL     authentication, TLS or sender-policy failures (535, 530, 5.7.x on MAIL FROM),
-            or a server that cannot be reached: not the recipient's fault, so the run
-            stops and every delivery stays pending.
+* TEMPORARY retry this recipient later, same Message-ID; also a connection dropped twice;
+* PERMANENT record it against this recipient (it counts towards a bounce);
+* FATAL     not the recipient's fault (sender, content, credentials, TLS, reachability):
+            the run stops and every delivery stays pending;
+* SmtpBusy  this connection could not be set up now (a 4xx before the session began, or a
+            hang-up at the greeting or EHLO, e.g. Postfix's "421 4.7.0 ... too many
+            connections"); the caller may retry it later. Not a subclass of SmtpFatal.
+
+530, 534, 535 and 538 are FATAL at any stage, with or without an enhanced code: RFC 4954
+defines them for authentication only, so no recipient can cause them.
+
+Invariants, and why they hold:
+* A reply is shown as text ("421 4.7.0 mx: too many connections"), never as a Python tuple
+  or bytes: every message built from a server reply goes through `_reply`, which decodes
+  with "replace" (a reply that is not UTF-8 cannot raise) and copes with an empty text.
+* A refusal never leaks into the next recipient's transaction: after any transaction that
+  did not end in 250, RSET is sent, and a connection whose RSET fails is dropped, so the
+  next message starts on a clean session (without it: "503 nested MAIL command").
+* A 421 ends the connection (the server is closing it), and the next message opens one.
+* No command line can be forged from an address: MAIL FROM and RCPT TO are written by
+  hand, so `_plain_address` refuses anything but printable ASCII without angle brackets.
 """
 
 from __future__ import annotations
@@ -42,16 +68,32 @@ class SmtpFatal(MailerError):
     """The relay refuses us (not one recipient): configuration, credentials, TLS, reachability."""
 
 
+class SmtpBusy(MailerError):
+    """The relay cannot take this connection now (a 4xx greeting, EHLO, STARTTLS or AUTH
+    reply, or a hang-up right after connecting): retry the connection later."""
+
+    def __init__(self, reply: str, where: str = "The SMTP server") -> None:
+        super().__init__(f"{where} cannot take a connection now: {reply}")
+        self.reply = reply  # the server's reply as one line of text
+
+
+# RFC 4954: these codes answer authentication only, whatever command they come at.
+_AUTH_CODES = frozenset({530, 534, 535, 538})
+
+
 def _reply(code: int, text: bytes | str) -> str:
+    """A reply as one line: "550 5.1.1 user unknown". smtplib gives -1 for no readable code."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    return f"{code} {' '.join(text.split())}"[:1000]
+    head = str(code) if code > 0 else "unreadable reply:"
+    return " ".join([head, *text.split()])[:1000]
 
 
 class SmtpConnection:
     def __init__(self, cfg: SmtpConfig) -> None:
         self.cfg = cfg
         self.conn: smtplib.SMTP | None = None
+        self.where = f"{cfg.host}:{cfg.port}"
 
     def _context(self) -> ssl.SSLContext:
         try:
@@ -60,76 +102,114 @@ class SmtpConnection:
             raise SmtpFatal(f"smtp.ca_file {self.cfg.ca_file!r}: cannot load: {exc}") from None
 
     def open(self) -> None:
-        """Connect, TLS and log in, or raise SmtpFatal with one clear line."""
-        cfg = self.cfg
-        where = f"{cfg.host}:{cfg.port}"
+        """Connect, TLS, EHLO and log in. Raises SmtpBusy when the server cannot take this
+        connection now, SmtpFatal with one clear line for anything else."""
         conn: smtplib.SMTP | None = None
+        stage = "greeting"
         try:
-            if cfg.security == "ssl":
-                conn = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=self._context())
-            else:
-                conn = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
-            # Pipelined commands and the message go out in few large writes; without
-            # TCP_NODELAY, Nagle's algorithm holds each write's tail back for an ACK.
-            if conn.sock is not None:
-                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.ehlo()
-            if cfg.security == "starttls":
+            conn = self._connect()
+            stage = "EHLO"
+            self._hello(conn)
+            if self.cfg.security == "starttls":
                 if not conn.has_extn("starttls"):
-                    raise SmtpFatal(f"SMTP server {where} does not offer STARTTLS")
+                    raise SmtpFatal(f"SMTP server {self.where} does not offer STARTTLS")
+                stage = "STARTTLS"
                 conn.starttls(context=self._context())
-                conn.ehlo()
-            if cfg.username:
-                conn.login(cfg.username, cfg.password)
-        except SmtpFatal:
+                stage = "EHLO"
+                self._hello(conn)
+            if self.cfg.username:
+                stage = "login"
+                conn.login(self.cfg.username, self.cfg.password)
+        except (SmtpFatal, SmtpBusy):
             _quietly_close(conn)
             raise
-        except smtplib.SMTPAuthenticationError as exc:
+        except OSError as exc:  # smtplib's and ssl's errors are OSErrors too
             _quietly_close(conn)
-            raise SmtpFatal(
-                f"SMTP login as {cfg.username!r} at {where} refused: {_reply(exc.smtp_code, exc.smtp_error)}"
-            ) from None
-        except ssl.SSLCertVerificationError as exc:
-            _quietly_close(conn)
-            raise SmtpFatal(
-                f"TLS certificate of {where} not trusted: {exc.verify_message or exc.reason}"
-            ) from None
-        except ssl.SSLError as exc:
-            _quietly_close(conn)
-            raise SmtpFatal(f"TLS with {where} failed: {exc.reason or exc}") from None
-        except smtplib.SMTPException as exc:
-            _quietly_close(conn)
-            raise SmtpFatal(f"SMTP server {where} refused the session: {exc}") from None
-        except OSError as exc:
-            _quietly_close(conn)
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise SmtpFatal(f"SMTP server {where} unreachable: {reason}") from None
+            raise self._failed_open(exc, stage) from None
         self.conn = conn
 
+    def _connect(self) -> smtplib.SMTP:
+        """TCP (and implicit TLS) and the greeting: smtplib's constructor does both."""
+        cfg = self.cfg
+        if cfg.security == "ssl":
+            conn = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=self._context())
+        else:
+            conn = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+        # Pipelined commands and the message go out in few large writes; without
+        # TCP_NODELAY, Nagle's algorithm holds each write's tail back for an ACK.
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def _hello(self, conn: smtplib.SMTP) -> None:
+        """EHLO; HELO only if EHLO is refused for good (RFC 5321 4.1.4), not when busy."""
+        code, text = conn.ehlo()
+        if code >= 500:
+            code, text = conn.helo()
+        if code != 250:
+            raise self._session_refused(code, text, "EHLO")
+
+    def _session_refused(self, code: int, text: bytes | str, stage: str) -> SmtpBusy | SmtpFatal:
+        reply = _reply(code, text)
+        if 400 <= code < 500:
+            return SmtpBusy(reply, f"SMTP server {self.where}")
+        if stage == "login":
+            return SmtpFatal(f"SMTP login as {self.cfg.username!r} at {self.where} refused: {reply}")
+        return SmtpFatal(f"SMTP server {self.where} refused the session at {stage}: {reply}")
+
+    def _failed_open(self, exc: OSError, stage: str) -> SmtpBusy | SmtpFatal:
+        """One line for what went wrong while setting up the session."""
+        where = self.where
+        if isinstance(exc, smtplib.SMTPResponseException):  # a reply: greeting, STARTTLS, AUTH
+            return self._session_refused(exc.smtp_code, exc.smtp_error, stage)
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            if isinstance(exc.__context__, TimeoutError):
+                return SmtpFatal(f"SMTP server {where}: no reply at {stage} within {self.cfg.timeout:g} s")
+            if stage in ("greeting", "EHLO"):
+                # A server over its connection limit may hang up instead of saying 421.
+                return SmtpBusy(f"connection closed by the server at {stage}", f"SMTP server {where}")
+            return SmtpFatal(f"SMTP server {where} closed the connection at {stage}")
+        if isinstance(exc, smtplib.SMTPException):  # e.g. no AUTH mechanism in common
+            return SmtpFatal(f"SMTP server {where} refused the session at {stage}: {exc}")
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return SmtpFatal(f"TLS certificate of {where} not trusted: {exc.verify_message or exc.reason}")
+        if isinstance(exc, ssl.SSLError):
+            return SmtpFatal(f"TLS with {where} failed: {exc.reason or exc}")
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return SmtpFatal(f"SMTP server {where} unreachable: {reason}")
+
     def send(self, sender: str, recipient: str, data: bytes) -> Result:
-        """One transaction on the open connection. Reconnects once if the server hung up."""
+        """One transaction, on the open connection or a new one. A connection the server
+        dropped is re-opened once; dropped again, the message is TEMPORARY. Opening raises
+        SmtpBusy or SmtpFatal (see `open`), so this does too."""
         for attempt in (1, 2):
             if self.conn is None:
                 self.open()
             try:
                 result = self._transaction(sender, recipient, data)
-            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            except OSError as exc:  # smtplib.SMTPServerDisconnected is one
                 self.close(polite=False)
                 if attempt == 2:
-                    return Result(Outcome.TEMPORARY, f"connection lost: {exc or type(exc).__name__}")
+                    return Result(Outcome.TEMPORARY, f"connection lost: {self._lost(exc)}")
                 continue
-            if result.reply.startswith("421"):
-                # The server is closing the session; the next message needs a new one.
-                self.close(polite=False)
             return result
         raise AssertionError("unreachable")
 
-    def _reset(self) -> None:
+    def _lost(self, exc: OSError) -> str:
+        if isinstance(exc.__context__, TimeoutError):  # smtplib wraps every socket error
+            return f"no reply within {self.cfg.timeout:g} s"
+        return str(exc) or type(exc).__name__
+
+    def _after_refusal(self, conn: smtplib.SMTP, result: Result) -> Result:
+        """After a refused transaction: RSET, so the next MAIL starts clean. A session the
+        server is closing (421), or that cannot even reset, is dropped; the next message
+        opens a new one."""
         try:
-            if self.conn is not None:
-                self.conn.rset()
-        except (smtplib.SMTPException, OSError):
+            if result.reply.startswith("421") or conn.rset()[0] != 250:
+                self.close(polite=False)
+        except OSError:
             self.close(polite=False)
+        return result
 
     def _transaction(self, sender: str, recipient: str, data: bytes) -> Result:
         """MAIL, RCPT, DATA and the message. With PIPELINING (RFC 2920) the three commands
@@ -137,21 +217,21 @@ class SmtpConnection:
         as ready bytes: the template guarantees CRLF line ends."""
         assert self.conn is not None
         conn = self.conn
-        # The commands below are written by hand (smtplib's putcmd, which refuses CR/LF, is
-        # bypassed), so an address that could end the command line or the <path> never
-        # goes out: "x@example.com>\r\nRCPT TO:<victim@example.com" would add a recipient.
+        # The commands are written by hand (the pipelined ones bypass smtplib's checks), so
+        # an address that could end the command line or the <path> never goes out:
+        # "x@example.com>\r\nRCPT TO:<victim@example.com" would add a recipient.
         if not _plain_address(sender):
             return Result(Outcome.FATAL, f"MAIL FROM: sender address {sender!r} is not usable")
         if not _plain_address(recipient):
             return Result(Outcome.PERMANENT, f"recipient address {recipient!r} is not usable (not sent)")
         # Dot-stuffing (RFC 5321 4.5.2) in C: a no-op for our base64 bodies.
         data = (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
-        if conn.does_esmtp and conn.has_extn("pipelining"):
+        if conn.has_extn("pipelining"):
             conn.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
             mail, rcpt, start = (_check(conn.getreply()) for _ in range(3))
         else:
-            mail = _check(conn.mail(sender))
-            rcpt = _check(conn.rcpt(recipient)) if mail[0] == 250 else (0, b"")
+            mail = _check(conn.docmd(f"MAIL FROM:<{sender}>"))
+            rcpt = _check(conn.docmd(f"RCPT TO:<{recipient}>")) if mail[0] == 250 else (0, b"")
             start = _check(conn.docmd("DATA")) if rcpt[0] in (250, 251) else (0, b"")
         failed: Result | None = None
         if mail[0] != 250:
@@ -165,25 +245,22 @@ class SmtpConnection:
                 # The server took DATA although we cannot go on: end it empty, then reset.
                 conn.send(b".\r\n")
                 conn.getreply()
-            self._reset()
-            return failed
+            return self._after_refusal(conn, failed)
         conn.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
         code, text = _check(conn.getreply())
         if code != 250:
-            self._reset()
-            return _classify(code, text, stage="DATA")
+            return self._after_refusal(conn, _classify(code, text, stage="DATA"))
         return Result(Outcome.SENT, _reply(code, text))
 
     def close(self, polite: bool = True) -> None:
+        """QUIT and close; `polite=False` only closes (the session is already broken)."""
         conn, self.conn = self.conn, None
         if conn is None:
             return
         if polite:
-            try:
+            with contextlib.suppress(OSError):
                 conn.quit()
                 return
-            except (smtplib.SMTPException, OSError):
-                pass
         _quietly_close(conn)
 
     def __enter__(self) -> SmtpConnection:
@@ -204,26 +281,23 @@ _ANGLE = frozenset("<>")
 def _check(reply: tuple[int, bytes]) -> tuple[int, bytes]:
     """smtplib reports a reply it could not read (the peer hung up mid-line) as code -1."""
     if not 200 <= reply[0] < 600:
-        raise smtplib.SMTPServerDisconnected(f"unreadable reply {reply!r}")
+        raise smtplib.SMTPServerDisconnected(_reply(*reply))
     return reply
 
 
 def _classify(code: int, text: bytes, stage: str) -> Result:
+    """What a refusal at `stage` means (the table at the top of this module)."""
     reply = _reply(code, text)
-    if 400 <= code < 500:
+    if code < 500:
         return Result(Outcome.TEMPORARY, reply)
-    words = reply.split()
-    enhanced = words[1] if len(words) > 1 else ""
-    # Authentication and security policy (5.7.x), or the relay refusing our sender: every
-    # recipient would fail the same way, so it is a configuration problem.
-    if code in (530, 534, 535, 538) or enhanced.startswith("5.7.") or stage == "MAIL FROM":
+    if code in _AUTH_CODES or stage == "MAIL FROM":
         return Result(Outcome.FATAL, f"{stage}: {reply}")
-    # The message refused after the recipient was accepted ("554 message rejected", "552
-    # message too large"): the same message goes to everyone, so it is not this person's
-    # address, unless the code says so (5.1.x address, 5.2.x mailbox).
-    if stage == "DATA" and not enhanced.startswith(("5.1.", "5.2.")):
-        return Result(Outcome.FATAL, f"{stage}: {reply}")
-    return Result(Outcome.PERMANENT, reply)
+    enhanced = reply.split()[1] if " " in reply else ""
+    # At DATA the message is refused, and it is the same for everyone ("554 5.7.1 spam",
+    # "552 message too large"), unless the code names the address or the mailbox.
+    if stage == "RCPT TO" or enhanced.startswith(("5.1.", "5.2.")):
+        return Result(Outcome.PERMANENT, reply)
+    return Result(Outcome.FATAL, f"{stage}: {reply}")
 
 
 def _quietly_close(conn: smtplib.SMTP | None) -> None:

@@ -21,6 +21,7 @@ class Received:
     recipients: list[str]
     data: bytes
     at: float = 0.0  # time.monotonic() when the server accepted it
+    peer: tuple[str, int] | None = None  # the client's address and port: one per connection
 
     @property
     def message(self) -> EmailMessage:
@@ -66,7 +67,11 @@ class Handler:
         with self.lock:
             self.received.append(
                 Received(
-                    envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, time.monotonic()
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.original_content,
+                    time.monotonic(),
+                    peer=tuple(session.peer) if session.peer else None,
                 )
             )
         return "250 2.0.0 queued"
@@ -74,6 +79,18 @@ class Handler:
     def to(self, address: str) -> list[Received]:
         with self.lock:
             return [r for r in self.received if address in r.recipients]
+
+
+@dataclass
+class PipeliningHandler(Handler):
+    """Also advertises PIPELINING (RFC 2920). aiosmtpd reads one command line at a time
+    from its stream buffer, so it answers pipelined commands in order without change."""
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
 
 def free_port() -> int:
@@ -84,8 +101,8 @@ def free_port() -> int:
 
 
 class SmtpServer:
-    def __init__(self, **controller_kw: Any) -> None:
-        self.handler = Handler()
+    def __init__(self, pipelining: bool = False, **controller_kw: Any) -> None:
+        self.handler = PipeliningHandler() if pipelining else Handler()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port(), **controller_kw)
 
     def start(self) -> SmtpServer:

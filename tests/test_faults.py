@@ -79,6 +79,8 @@ def test_temporary_replies_are_retried_with_backoff_and_delivered_in_the_end(see
         "550 5.1.1 user unknown",
         "551 5.1.6 user has moved",
         "553 5.1.3 bad destination mailbox address syntax",
+        # A policy refusal at RCPT (Postfix's access map) is about that recipient only.
+        "554 5.7.1 <zoe@example.com>: Recipient address rejected: Access denied",
     ],
 )
 def test_permanent_replies_fail_the_delivery_and_bounce_the_subscriber(seeded, cfg, smtp_server, reply):
@@ -105,7 +107,6 @@ def test_bounce_threshold_is_configurable(seeded, tmp_path, smtp_server):
     ("stage", "reply"),
     [
         ("MAIL", "535 5.7.8 authentication failed"),
-        ("RCPT", "554 5.7.1 relay access denied"),
         ("MAIL", "530 5.7.0 must issue a STARTTLS command first"),
     ],
 )
@@ -203,9 +204,11 @@ def test_retry_command_puts_failed_deliveries_back_in_the_queue(seeded, cfg, smt
 
 
 def test_kill_9_at_random_moments_loses_nobody_and_duplicates_at_most_the_messages_in_flight(
-    config_path, smtp_server
+    tmp_path, smtp_server
 ):
-    """Ten kill -9s at random points of one send, restarting each time, then a clean finish."""
+    """Ten kill -9s at random points of one send, restarting each time, then a clean finish.
+    Each restart takes over when the killed run's lease runs out (3 s here)."""
+    config_path = write_config(tmp_path, smtp_server.port, delivery={"lease_seconds": 3})
     recipients = 400
     cfg = populate(config_path, recipients)
     smtp_server.handler.delay = 0.004
@@ -282,22 +285,6 @@ def test_a_mailbox_refused_at_data_is_that_recipients_permanent_failure(seeded, 
     )
     [summary] = campaign.send_now(seeded, cfg, T0)
     assert summary.finished and summary.failed == 1 and summary.sent == 2
-
-
-def test_a_live_process_keeps_its_delivery_lease_even_past_the_expiry(seeded, cfg, smtp_server):
-    import os
-    import socket
-
-    from mailer import delivery as delivery_mod
-    from mailer import digest as digests
-
-    d = digests.build(seeded, cfg, digests.manual_slot(T0))
-    with seeded.session() as s:
-        row = s.get(Digest, d.id)
-        row.lease_owner = f"{socket.gethostname()}:{os.getppid()}:other"  # alive: our parent
-        row.lease_until = T0 - timedelta(hours=1)  # long expired
-    summary = delivery_mod.deliver(seeded, cfg, d.id)
-    assert summary.busy and smtp_server.received == []
 
 
 def test_no_digest_is_built_for_an_empty_audience(db, cfg):
