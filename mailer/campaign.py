@@ -15,7 +15,6 @@ from mailer import digest as digests
 from mailer.config import Config
 from mailer.db import Database
 from mailer.delivery import RunSummary
-from mailer.models import utcnow
 from mailer.scheduler import Schedule
 
 MIN_GRACE = timedelta(minutes=5)
@@ -27,44 +26,16 @@ def deliver_unfinished(
     stop: threading.Event | None = None,
     on_progress: Callable[[RunSummary, int], None] | None = None,
     ignore_backoff: bool = False,
-    on_wait: Callable[[RunSummary], None] | None = None,
 ) -> list[RunSummary]:
-    """Deliver (resume) every digest that has not finished, oldest first. A digest whose
-    last run stopped on a relay-wide problem waits for its back-off, unless asked not to.
-    With `on_wait`, a digest held by another run is taken over if that run is gone
-    (`on_wait` is told before the wait, which lasts at most one lease)."""
+    """Deliver (resume) every digest that has not finished, oldest first, beside any other
+    runs working on it. A digest whose last run stopped on a relay-wide problem waits for
+    its back-off, unless asked not to."""
     out = []
     for d in digests.unfinished(db):
         if stop is not None and stop.is_set():
             break
-        summary = delivery.deliver(db, cfg, d.id, stop, on_progress, ignore_backoff)
-        if on_wait is not None and summary.busy:
-            summary = _take_over_if_gone(db, cfg, summary, stop, on_progress, on_wait)
-        out.append(summary)
+        out.append(delivery.deliver(db, cfg, d.id, stop, on_progress, ignore_backoff))
     return out
-
-
-def _take_over_if_gone(
-    db: Database,
-    cfg: Config,
-    busy: RunSummary,
-    stop: threading.Event | None,
-    on_progress: Callable[[RunSummary, int], None] | None,
-    on_wait: Callable[[RunSummary], None],
-) -> RunSummary:
-    """Another run holds the digest. A live one renews its lease well before it runs out;
-    a dead one cannot. So wait until the lease runs out and try once more: either the
-    lease was renewed (busy again: the other run is alive) or this run takes over."""
-    holder = busy.holder
-    if holder is None or holder.until is None:
-        return busy
-    wait = (holder.until - utcnow()).total_seconds() + 1
-    if wait > cfg.delivery.lease_seconds + 5:  # not a lease this config writes: don't hang
-        return busy
-    on_wait(busy)
-    if (stop or threading.Event()).wait(max(wait, 0)):
-        return busy
-    return delivery.deliver(db, cfg, busy.digest_id, stop, on_progress, ignore_backoff=True)
 
 
 def run_due(
@@ -90,11 +61,10 @@ def send_now(
     now: datetime,
     stop: threading.Event | None = None,
     on_progress: Callable[[RunSummary, int], None] | None = None,
-    on_wait: Callable[[RunSummary], None] | None = None,
 ) -> list[RunSummary]:
-    """`digest send --now`: resume an unfinished digest, or build one for this moment.
-    The editor asked for it now, so a back-off from an earlier failed run is ignored, and
-    a run that died holding the digest is taken over as soon as its lease runs out."""
+    """`digest send --now`: resume an unfinished digest (joining any runs delivering it
+    now, here or on other hosts), or build one for this moment. The editor asked for it
+    now, so a back-off from an earlier failed run is ignored."""
     if not digests.unfinished(db):
         digests.build(db, cfg, digests.manual_slot(now), record_skip=False)
-    return deliver_unfinished(db, cfg, stop, on_progress, ignore_backoff=True, on_wait=on_wait)
+    return deliver_unfinished(db, cfg, stop, on_progress, ignore_backoff=True)

@@ -330,8 +330,6 @@ def finish(s: Session, digest: Digest, now: datetime, delivered: bool = True) ->
     nobody at all (every delivery failed or was skipped), it is `failed` and its articles
     are released for the next digest: an article is sent when someone got it."""
     digest.finished_at = now
-    digest.lease_owner = None
-    digest.lease_until = None
     if delivered:
         digest.status = "sent"
         s.execute(update(Article).where(Article.digest_id == digest.id).values(sent_at=now))

@@ -115,9 +115,6 @@ class Digest(Base):
     note: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Which process is delivering it, and until when that claim holds (see delivery.py).
-    lease_owner: Mapped[str | None] = mapped_column(String(200))
-    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # After a run that stopped on a relay-wide problem (unreachable, auth, too many
     # errors): the error, how many runs in a row failed, and when the service tries again.
     last_error: Mapped[str] = mapped_column(String(1000), default="", server_default="")
@@ -153,6 +150,24 @@ class Delivery(Base):
     # claimed, before anything is sent, and kept, so every retry carries the same ID and no
     # other message ever does. "" on rows sent before it existed (their ID had no key).
     message_key: Mapped[str | None] = mapped_column(String(32))
+    # The run (DeliveryRun.id) that claimed it while it is `sending`: a row whose run is no
+    # longer alive goes back to the queue (mailer.delivery.queue).
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class DeliveryRun(Base):
+    """A process delivering a digest. Any number of runs, on any hosts, work on one digest
+    at once; each renews `expires_at` while it is alive, and whatever a run that stopped
+    renewing had claimed is put back in the queue by the others."""
+
+    __tablename__ = "delivery_runs"
+
+    # host:pid:random (mailer.delivery.queue.new_owner): unique per run, readable by people.
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Written by the run itself from its own delivery.lease_seconds.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 DELIVERY_PENDING = ("queued", "sending", "retry")

@@ -85,10 +85,7 @@ def reporter(db: Database, tty: bool | None = None) -> Iterator[Callable[[RunSum
 
 def summary_line(s: RunSummary) -> str:
     if s.busy:
-        line = f"digest #{s.issue}: another run is delivering it right now"
-        if s.holder is not None and s.holder.until is not None:
-            line += f" ({s.holder.owner}, lease until {s.holder.until:%H:%M:%S} UTC unless it renews it)"
-        return line
+        return f"digest #{s.issue}: this process is delivering it already"
     c = s.counts
     state = "finished" if s.finished else "not finished"
     line = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -64,6 +65,8 @@ class Handler:
         refusal = self._reply("DATA", envelope.rcpt_tos[0] if envelope.rcpt_tos else "")
         if refusal:
             return refusal
+        if self.delay:  # a relay that takes its time (per connection: the others go on)
+            await asyncio.sleep(self.delay)
         with self.lock:
             self.received.append(
                 Received(

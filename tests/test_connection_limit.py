@@ -92,9 +92,10 @@ def test_connections_beyond_the_relays_limit_are_refused_and_the_run_goes_on(
     assert summary.finished and not summary.stopped, summary.stopped
     counts = collections.Counter(r.recipients[0] for r in smtp_server.received)
     assert len(counts) == 43 and set(counts.values()) == {1}
-    assert front.refused >= 2 and front.peak == 2
-    # The limit is learned once: refused connections are not retried for every message.
-    assert front.refused <= 6
+    assert front.peak == 2
+    # The limit is learned from the first refusal (a connection still opening may be
+    # refused too), and refused connections are not tried again for every message.
+    assert 1 <= front.refused <= 6
 
 
 def test_a_relay_that_refuses_every_connection_stops_the_run_with_its_reply_as_text(

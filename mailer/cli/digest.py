@@ -72,12 +72,8 @@ def digest_send(app: App, now_flag: bool, to: str | None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-
-    def _waiting(summary: delivery.RunSummary) -> None:
-        click.echo(f"{progress.summary_line(summary)}; taking over if it has stopped", err=True)
-
     with progress.reporter(app.db) as on_progress:
-        summaries = campaign.send_now(app.db, cfg, utcnow(), stop, on_progress, on_wait=_waiting)
+        summaries = campaign.send_now(app.db, cfg, utcnow(), stop, on_progress)
     failed = False
     for s in summaries:
         click.echo(progress.summary_line(s))
@@ -142,12 +138,9 @@ def digest_status(app: App, digest_id: int | None, as_json: bool) -> None:
     )
     if st.next_retry_at:
         click.echo(f"  next retry: {_when(st.next_retry_at, app.cfg)}")
-    if st.lease_owner and st.lease_until:
-        until = st.lease_until.astimezone(app.cfg.zone)
-        click.echo(
-            f"  being delivered by {st.lease_owner}, lease until {until:%H:%M:%S %Z}"
-            " (a run that stops renewing it is taken over then)"
-        )
+    for run in st.runs:
+        until = run.expires_at.astimezone(app.cfg.zone)
+        click.echo(f"  being delivered by {run.owner} (alive until {until:%H:%M:%S %Z} unless it renews)")
     if st.last_error:
         click.echo(f"  last run stopped: {st.last_error}")
         if st.next_run_at:

@@ -8,15 +8,15 @@ so SQLite's busy-wait (which sleeps in whole milliseconds) never comes into play
 Why this gives the crash bounds:
 * A worker records each result (one short commit) *before* it sends its next message.
   So at any instant at most one message per connection has been accepted by the server
-  without being recorded; after a crash, only those are sent again when the next run
-  takes the lease and re-queues the rows left in `sending` (see queue.py). A crash
-  duplicates at most `smtp.connections` messages, and loses none.
+  without being recorded; after a crash, only those are sent again when another run
+  re-queues the rows the dead run left in `sending` (see queue.py). A crash duplicates at
+  most `smtp.connections` messages, and loses none.
 * SIGTERM/Ctrl-C set a stop flag: each worker finishes and records the message it is
   sending, unsent claimed rows are put back to `queued`, and the run ends with no
   `sending` rows: a restart duplicates nothing.
-* Only one run delivers a digest at a time: it holds the digest's lease and renews it
-  on a timer; a renewal or a pre-send check that finds the lease gone halts every worker
-  (queue.py says why a dead run's lease is always taken over when it runs out).
+* Any number of runs deliver a digest together, each claiming its own rows; a run renews
+  its heartbeat on a timer, and a renewal or a pre-send check that finds the run replaced
+  halts every worker (queue.py says why a dead run's rows are always taken over).
 * Every worker re-reads the subscriber's status just before sending, and the unsubscribe
   outbox (requests not yet in a locked database), so nobody is mailed after they
   stopped, even when their row was already claimed.
@@ -65,9 +65,11 @@ from mailer.unsubscribe_outbox import pending_unsubscribes
 
 log = logging.getLogger("mailer.delivery")
 
-CLAIM_BATCH = 500
-# Digests being delivered by this process: two threads of one process are kept apart
-# here before they ever reach the lease.
+# Rows claimed at a time, per connection: enough that claiming costs little, few enough
+# that runs joining a digest find rows left to share.
+CLAIM_PER_CONNECTION = 50
+# Digests being delivered by this process: one run per digest and process is enough (it
+# has smtp.connections workers), so a second thread of the process stays out.
 _ACTIVE: set[int] = set()
 _ACTIVE_LOCK = threading.Lock()
 
@@ -81,9 +83,8 @@ class RunSummary:
     failed: int = 0
     skipped: int = 0
     finished: bool = False
+    # Another thread of this process is delivering this digest already.
     busy: bool = False
-    # Who holds the lease when busy, and until when unless they renew it.
-    holder: queue.Holder | None = None
     waiting: bool = False
     stopped: str = ""
     # Set when the run ended because smtp.max_per_hour was used up.
@@ -166,7 +167,7 @@ class Deliverer:
                 _ACTIVE.discard(digest_id)
 
     def _start(self, digest_id: int) -> tuple[RunSummary, MessageTemplate | None]:
-        """Take the lease (and give up on what is too old); no template: nothing to do."""
+        """Join the digest's runs (and give up on what is too old); no template: nothing to do."""
         now = utcnow()
         with self.db.session() as s:
             d = s.get(Digest, digest_id)
@@ -177,10 +178,7 @@ class Deliverer:
                 summary.waiting = True
                 summary.stopped = d.last_error
                 return summary, None
-            holder = queue.acquire(s, digest_id, self.owner, now, self.lease)
-            if holder is not None:
-                summary.busy, summary.holder = True, holder
-                return summary, None
+            queue.join(s, digest_id, self.owner, now, self.lease)
             if now - (d.retried_at or d.created_at) > digests.give_up_age(self.cfg):
                 queue.give_up(s, digest_id, self.cfg.delivery.give_up_hours, now)
             return summary, MessageTemplate(self.cfg, d.id, d.subject, d.html, d.text)
@@ -204,7 +202,7 @@ class Deliverer:
         except MailerError:
             if error is None:
                 raise
-            # The run's own error says more. Unreleased, the lease runs out and the next
+            # The run's own error says more. Unreleased, its lease runs out and the next
             # run takes over, so nothing is lost.
         if error is not None:
             raise error
@@ -234,8 +232,8 @@ class Deliverer:
             for w in workers:
                 w.join()
             # Whatever was claimed but never handed to the server goes back in the queue.
-            # If the database refuses even that, the rows stay `sending` and the next run
-            # re-queues them when it takes the lease: nothing is lost either way.
+            # If the database refuses even that, the rows stay `sending` and another run
+            # re-queues them when this run's heartbeat has expired: nothing is lost.
             left = [job.delivery_id for job in shared.jobs]
             if left:
                 self._guard_db(shared, halt, self._requeue, left)
@@ -244,8 +242,10 @@ class Deliverer:
 
     def _heartbeat(self, digest_id: int) -> None:
         with self.db.session() as s:
-            if not queue.heartbeat(s, digest_id, self.owner, utcnow(), self.lease):
-                raise queue.LostLease()
+            if not queue.heartbeat(s, self.owner, utcnow(), self.lease):
+                raise queue.LostRun()
+            # The relay's per-second limit is shared by every run on the digest.
+            self.limiter.share(len(queue.runs(s, digest_id, utcnow())))
 
     def _work(
         self, template: MessageTemplate, shared: _Shared, halt: threading.Event, summary: RunSummary
@@ -258,7 +258,10 @@ class Deliverer:
                 if not self._connect(smtp, shared, halt, summary):
                     return
                 job = self._guard_db(shared, halt, self._next_job, shared, summary)
-                if job is None:
+                if job is False:  # other runs hold the last rows: look again in a moment
+                    halt.wait(1.0)
+                    continue
+                if not isinstance(job, _Job):
                     return
                 if not self.limiter.acquire(halt):
                     shared.give_back(job)  # never sent: re-queued when the run ends
@@ -270,10 +273,10 @@ class Deliverer:
                     halt,
                     conn.still_active,
                     job.recipient.subscriber_id,
-                    summary.digest_id,
+                    job.delivery_id,
                     self.owner,
                 )
-                if active is None:  # the database failed or the lease is lost: halted
+                if active is None:  # the database failed or this run was replaced: halted
                     shared.give_back(job)
                     return
                 # An unsubscribe still in the outbox (the database was locked) counts too.
@@ -363,7 +366,7 @@ class Deliverer:
         return True
 
     def _guard_db(self, shared: _Shared, halt: threading.Event, work: Callable[..., Any], *args: Any) -> Any:
-        """`_patiently` inside a worker: a database error (or a lost lease) is kept as the
+        """`patiently` inside a worker: a database error (or a lost run) is kept as the
         run's error and halts every worker; None is returned then."""
         try:
             return queue.patiently(self.db.url, self.stop, work, *args)
@@ -372,23 +375,33 @@ class Deliverer:
             halt.set()
             return None
 
-    def _next_job(self, shared: _Shared, summary: RunSummary) -> _Job | None:
+    def _next_job(self, shared: _Shared, summary: RunSummary) -> _Job | bool | None:
+        """The next claimed job; None when nothing is left; False when the only rows left
+        are in flight with other runs: wait, then ask again (they finish, or their run
+        dies and its rows come back), so the last run standing finishes the digest."""
         with shared.write_lock:
             if not shared.jobs and shared.more:
-                batch = self._claim(summary)
-                shared.more = bool(batch)
+                batch, elsewhere = self._claim(summary)
+                shared.more = bool(batch) or elsewhere > 0
                 shared.jobs.extend(batch)
-            return shared.jobs.popleft() if shared.jobs else None
+            if shared.jobs:
+                return shared.jobs.popleft()
+            return False if shared.more else None
 
     # ------------------------------------------------------------------ database work
 
-    def _claim(self, summary: RunSummary) -> list[_Job]:
+    def _claim(self, summary: RunSummary) -> tuple[list[_Job], int]:
         with self.db.session() as s:
-            claimed, skipped = queue.claim(
-                s, summary.digest_id, self.owner, utcnow(), self.lease, CLAIM_BATCH
+            claimed, skipped, elsewhere = queue.claim(
+                s,
+                summary.digest_id,
+                self.owner,
+                utcnow(),
+                self.lease,
+                CLAIM_PER_CONNECTION * self.cfg.smtp.connections,
             )
         summary.skipped += skipped
-        return [
+        jobs = [
             _Job(
                 c.delivery_id,
                 c.attempts,
@@ -402,6 +415,7 @@ class Deliverer:
             )
             for c in claimed
         ]
+        return jobs, elsewhere
 
     def _record(
         self,
@@ -418,7 +432,7 @@ class Deliverer:
         if outcome is Outcome.TEMPORARY:
             delays = self.cfg.delivery.retry_minutes
             retry_at = utcnow() + timedelta(minutes=delays[min(job.attempts, len(delays)) - 1])
-        conn.record(job.delivery_id, _STATUS_OF[outcome], result.reply, retry_at)
+        conn.record(job.delivery_id, self.owner, _STATUS_OF[outcome], result.reply, retry_at)
         # Counted only once recorded: a write that failed leaves the summary true.
         if outcome is Outcome.SENT:
             summary.sent += 1

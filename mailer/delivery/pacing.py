@@ -28,6 +28,7 @@ BUSY_PATIENCE = 60.0
 
 class RateLimiter:
     def __init__(self, per_second: int, per_hour: int, sent_last_hour: int = 0) -> None:
+        self.per_second = per_second
         self.interval = 1.02 / per_second if per_second else 0.0
         self.next_at = 0.0
         self.hourly = RateLimitItemPerHour(per_hour) if per_hour else None
@@ -39,6 +40,12 @@ class RateLimiter:
         self.lock = threading.Lock()
         # When the hourly quota is used up: the epoch time it frees up again.
         self.quota_reset: float | None = None
+
+    def share(self, runs: int) -> None:
+        """`runs` runs deliver at once (other processes too): max_per_second belongs to the
+        relay, so each paces at its share of it."""
+        if self.per_second:
+            self.interval = 1.02 * max(runs, 1) / self.per_second
 
     def acquire(self, halt: threading.Event) -> bool:
         """Block until a message may go out. False if the run is halted meanwhile, or the

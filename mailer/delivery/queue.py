@@ -6,23 +6,30 @@
       └──fatal / stop────┘ └──subscriber no longer active──▶ skipped
     queued/retry ──subscriber unsubscribes──▶ skipped
 
-This module owns that state machine (`DeliveryStatus`) and the lease on a digest row.
+This module owns that state machine (`DeliveryStatus`) and the runs that work on it.
 
-The lease is how runs keep apart, and why a dead run is always taken over:
-* Its owner is a random id made per run (`new_owner`), never a pid: a process restarted in
-  a container is PID 1 again, so a pid says nothing about whether a run is alive.
-* It is taken by compare-and-set (`UPDATE … WHERE lease_owner IS NULL OR lease_until <
-  now`, then count the rows), so of two runs that race for it exactly one wins, on any
-  database.
-* The holder renews it on a timer (`heartbeat`, every third of the lease) and checks
-  the row count of that renewal too: a run that finds its lease taken stops at once. A run
-  that died renews nothing, so its lease expires and the next run takes over within
-  `delivery.lease_seconds`, whatever its pid or host was.
-* Taking the lease puts rows left in `sending` back to `queued`: nobody holds the digest,
-  so those rows belong to a run that is gone. Of them, only the ones its server accepted
-  but it never recorded were really delivered, at most one per connection (see engine).
-Hosts are assumed to keep their clocks within a few seconds of each other (NTP): the
-lease's expiry is written by one host and read by another.
+Any number of runs (processes, on any hosts) deliver one digest at the same time, and a
+run that dies is always replaced. Why that holds:
+* A claim takes due rows and marks them `sending` with the run's id (`claimed_by`) in one
+  transaction. On PostgreSQL the rows are selected `FOR UPDATE SKIP LOCKED`, so concurrent
+  claims take disjoint rows without waiting for each other; on SQLite every write
+  transaction is `BEGIN IMMEDIATE`, so claims are serialised. Either way no row is claimed
+  by two runs.
+* A run's identity is a random id made per run (`new_owner`), never a pid: a process
+  restarted in a container is PID 1 again, so a pid says nothing about who is alive.
+* Each run has a row in `delivery_runs` whose `expires_at` it renews every third of its
+  lease (`heartbeat`, which checks the row count: a run whose row is gone was declared
+  dead and stops at once). A run that died renews nothing; the next claim by any run
+  deletes expired runs and puts the rows they had `sending` back to `queued` (`reclaim`).
+  Of those, only the ones its server accepted but it never recorded were really
+  delivered, at most one per connection (see engine.py).
+* Before each message a worker checks that its row is still claimed by its run, and a
+  result is recorded only on a row its run still holds (`FastPath`): a run that stalled
+  past its lease and was replaced sends at most the messages already in flight.
+* The digest is finished by whichever run finds nothing pending, with the digest row
+  locked (`release`), so it is finished once.
+Hosts are assumed to keep their clocks within a few seconds of each other (NTP): a run's
+expiry is written by one host and read by another.
 """
 
 from __future__ import annotations
@@ -39,14 +46,14 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mailer import digest as digests
 from mailer.errors import MailerError, database_problem, is_dbapi_error
 from mailer.message import new_message_key
-from mailer.models import DELIVERY_PENDING, Delivery, Digest, Subscriber, utcnow
+from mailer.models import DELIVERY_PENDING, Delivery, DeliveryRun, Digest, Subscriber, utcnow
 
 # How long a run waits for a database another process keeps locked.
 LOCK_PATIENCE = 300.0
@@ -69,48 +76,58 @@ def new_owner() -> str:
 
 
 @dataclass(frozen=True)
-class Holder:
-    """Who holds a digest's lease, and until when (unless it renews it)."""
+class Run:
+    """A run working on a digest, and until when it is taken for alive."""
 
     owner: str
-    until: datetime | None
+    expires_at: datetime
 
 
-def acquire(s: Session, digest_id: int, owner: str, now: datetime, lease: timedelta) -> Holder | None:
-    """Take the digest's lease for `owner`. None when taken; else who holds it."""
-    taken = s.execute(
-        update(Digest)
-        .where(
-            Digest.id == digest_id,
-            or_(Digest.lease_owner.is_(None), Digest.lease_until.is_(None), Digest.lease_until < now),
-        )
-        .values(lease_owner=owner, lease_until=now + lease)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if taken != 1:
-        row = s.execute(select(Digest.lease_owner, Digest.lease_until).where(Digest.id == digest_id)).one()
-        return Holder(row[0] or "", row[1])
-    # Nobody held it: rows in `sending` belong to a run that is gone.
-    s.execute(
-        update(Delivery)
-        .where(Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.SENDING)
-        .values(status=DeliveryStatus.QUEUED, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return None
+def join(s: Session, digest_id: int, owner: str, now: datetime, lease: timedelta) -> None:
+    """Register a run on the digest (it may then claim rows)."""
+    s.add(DeliveryRun(id=owner, digest_id=digest_id, started_at=now, expires_at=now + lease))
+    s.flush()
 
 
-def heartbeat(s: Session, digest_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
-    """Renew the lease; False if `owner` no longer holds it."""
+def heartbeat(s: Session, owner: str, now: datetime, lease: timedelta) -> bool:
+    """Renew the run's expiry; False if the run was declared dead meanwhile."""
     return (
         s.execute(
-            update(Digest)
-            .where(Digest.id == digest_id, Digest.lease_owner == owner)
-            .values(lease_until=now + lease)
+            update(DeliveryRun)
+            .where(DeliveryRun.id == owner)
+            .values(expires_at=now + lease)
             .execution_options(synchronize_session=False)
         ).rowcount
         == 1
     )
+
+
+def reclaim(s: Session, digest_id: int, now: datetime) -> None:
+    """Runs that stopped renewing are gone: put back what they had in flight."""
+    s.execute(
+        delete(DeliveryRun).where(DeliveryRun.expires_at < now).execution_options(synchronize_session=False)
+    )
+    alive = select(DeliveryRun.id).where(DeliveryRun.digest_id == digest_id)
+    s.execute(
+        update(Delivery)
+        .where(
+            Delivery.digest_id == digest_id,
+            Delivery.status == DeliveryStatus.SENDING,
+            or_(Delivery.claimed_by.is_(None), Delivery.claimed_by.not_in(alive)),
+        )
+        .values(status=DeliveryStatus.QUEUED, claimed_by=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def runs(s: Session, digest_id: int, now: datetime) -> list[Run]:
+    """The runs alive on a digest now."""
+    rows = s.execute(
+        select(DeliveryRun.id, DeliveryRun.expires_at)
+        .where(DeliveryRun.digest_id == digest_id, DeliveryRun.expires_at >= now)
+        .order_by(DeliveryRun.started_at)
+    )
+    return [Run(owner, until) for owner, until in rows]
 
 
 @dataclass
@@ -127,12 +144,14 @@ class Claimed:
 
 def claim(
     s: Session, digest_id: int, owner: str, now: datetime, lease: timedelta, limit: int
-) -> tuple[list[Claimed], int]:
-    """Claim up to `limit` due rows (set them `sending`). Rows of readers who left are
-    marked skipped on the way. Returns the claimed rows and how many were skipped.
-    Raises LostLease when `owner` no longer holds the digest."""
-    if not heartbeat(s, digest_id, owner, now, lease):
-        raise LostLease()
+) -> tuple[list[Claimed], int, int]:
+    """Claim up to `limit` due rows for `owner` (set them `sending`). Rows of readers who
+    left are marked skipped on the way. Returns the claimed rows, how many were skipped,
+    and how many rows other live runs have in flight. Raises LostRun when `owner` was
+    declared dead."""
+    if not heartbeat(s, owner, now, lease):
+        raise LostRun()
+    reclaim(s, digest_id, now)
     due = or_(
         Delivery.status == DeliveryStatus.QUEUED,
         and_(Delivery.status == DeliveryStatus.RETRY, Delivery.next_attempt_at <= now),
@@ -152,6 +171,7 @@ def claim(
         .where(Delivery.digest_id == digest_id, due)
         .order_by(Delivery.id)
         .limit(limit)
+        .with_for_update(skip_locked=True, of=Delivery)  # PostgreSQL; SQLite ignores it
     ).all()
     jobs: list[Claimed] = []
     inactive: list[int] = []
@@ -186,10 +206,18 @@ def claim(
             s,
             [j.delivery_id for j in jobs],
             status=DeliveryStatus.SENDING,
+            claimed_by=owner,
             attempts=Delivery.attempts + 1,
             updated_at=now,
         )
-    return jobs, len(inactive)
+    elsewhere = s.scalar(
+        select(func.count()).where(
+            Delivery.digest_id == digest_id,
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.claimed_by != owner,
+        )
+    )
+    return jobs, len(inactive), int(elsewhere or 0)
 
 
 def _set(s: Session, ids: list[int], **values: Any) -> None:
@@ -206,7 +234,7 @@ def requeue(s: Session, delivery_ids: list[int], now: datetime) -> None:
     s.execute(
         update(Delivery)
         .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.SENDING)
-        .values(status=DeliveryStatus.QUEUED, attempts=Delivery.attempts - 1, updated_at=now)
+        .values(status=DeliveryStatus.QUEUED, claimed_by=None, attempts=Delivery.attempts - 1, updated_at=now)
         .execution_options(synchronize_session=False)
     )
 
@@ -223,17 +251,17 @@ def give_up(s: Session, digest_id: int, hours: float, now: datetime) -> None:
 def release(
     s: Session, digest_id: int, owner: str, stopped: str, resume_at: datetime | None
 ) -> tuple[dict[str, int], bool] | None:
-    """The run ends: give the lease back and note how the run went (`stopped`: why a
-    relay-wide problem stopped it; the next run then waits a growing back-off). Finishes
-    the digest when nothing is pending. Returns its counts and whether it finished, or
-    None when `owner` no longer held it."""
+    """The run ends: it leaves the digest and notes how it went (`stopped`: why a
+    relay-wide problem stopped it; the next run then waits a growing back-off). The digest
+    row is locked first (PostgreSQL; SQLite's write lock already serialises this), so of
+    runs ending at once exactly one finishes it when nothing is pending. Returns the
+    digest's counts and whether it is finished; None when the digest is gone."""
     now = utcnow()
-    d = s.get(Digest, digest_id)
-    if d is None or d.lease_owner != owner:
+    d = s.get(Digest, digest_id, with_for_update=True)
+    s.execute(delete(DeliveryRun).where(DeliveryRun.id == owner).execution_options(synchronize_session=False))
+    if d is None:
         return None
     by_status = counts(s, digest_id)
-    d.lease_owner = None
-    d.lease_until = None
     if stopped:
         d.run_failures += 1
         d.last_error = stopped[:1000]
@@ -243,10 +271,10 @@ def release(
         d.run_failures = 0
         d.last_error = ""
         d.next_run_at = resume_at  # e.g. when the hourly quota frees up: not a failure
-    finished = not any(by_status.get(st, 0) for st in DELIVERY_PENDING)
-    if finished:
+    pending = any(by_status.get(st, 0) for st in DELIVERY_PENDING)
+    if d.status == "sending" and not pending:
         digests.finish(s, d, now, delivered=by_status.get(DeliveryStatus.SENT, 0) > 0)
-    return by_status, finished
+    return by_status, d.status != "sending"
 
 
 def counts(s: Session, digest_id: int) -> dict[str, int]:
@@ -282,11 +310,11 @@ def _locked(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
-class LostLease(MailerError):
-    """Another run took the digest over (this one stalled past its lease)."""
+class LostRun(MailerError):
+    """This run stalled past its lease and was declared dead: others took its rows."""
 
     def __init__(self) -> None:
-        super().__init__("another run took over this digest's delivery (this one stalled past its lease)")
+        super().__init__("this run stalled past its lease and was replaced; its rows went back to the queue")
 
 
 # ---------------------------------------------------------------- the per-message fast path
@@ -313,23 +341,27 @@ class FastPath:
         # SQLite has no datetime type: the text format UTCDateTime's impl stores.
         return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else naive
 
-    def record(self, delivery_id: int, status: DeliveryStatus, reply: str, retry_at: datetime | None) -> None:
-        """What became of one message, in its own short transaction: `sending` → `status`.
-        `queued` means the attempt did not count (the run stopped, not the recipient's fault)."""
+    def record(
+        self, delivery_id: int, owner: str, status: DeliveryStatus, reply: str, retry_at: datetime | None
+    ) -> None:
+        """What became of one message, in its own short transaction: `sending` → `status`,
+        on a row this run still holds (else LostRun: it was replaced). `queued` means the
+        attempt did not count (the run stopped, not the recipient's fault)."""
         now = self._time(utcnow())
         args: tuple[Any, ...]
         if status is DeliveryStatus.SENT:
-            args = (reply, now, now, delivery_id)
+            args = (reply, now, now, delivery_id, owner)
         elif status is DeliveryStatus.RETRY:
             assert retry_at is not None
-            args = (reply, self._time(retry_at), now, delivery_id)
+            args = (reply, self._time(retry_at), now, delivery_id, owner)
         else:
-            args = (reply, now, delivery_id)
+            args = (reply, now, delivery_id, owner)
         cur = self.raw.cursor()
         try:
             if self.sqlite:
                 cur.execute("BEGIN IMMEDIATE")
             cur.execute(self._record_sql[status], args)
+            held = cur.rowcount == 1
             self._commit(cur)
         except BaseException:
             with contextlib.suppress(Exception):  # BEGIN itself may be what failed
@@ -337,22 +369,24 @@ class FastPath:
             raise
         finally:
             cur.close()
+        if not held:
+            raise LostRun()
 
-    def still_active(self, subscriber_id: int, digest_id: int, owner: str) -> bool:
+    def still_active(self, subscriber_id: int, delivery_id: int, owner: str) -> bool:
         """Just before each message: is the subscriber still active, and does this run still
-        hold the digest? A read that never waits for a writer (WAL; PostgreSQL's MVCC), so an
+        hold the row? A read that never waits for a writer (WAL; PostgreSQL's MVCC), so an
         unsubscribe counts even for an already-claimed row, and a run that stalled past its
-        lease stops at its next message instead of sending a batch another run has taken."""
+        lease stops at its next message instead of sending rows another run has taken."""
         cur = self.raw.cursor()
         try:
-            cur.execute(self._check_sql, (subscriber_id, digest_id))
+            cur.execute(self._check_sql, (subscriber_id, delivery_id))
             row = cur.fetchone()
             if not self.sqlite:
                 self.raw.commit()  # end the read's implicit transaction
         finally:
             cur.close()
         if row is None or row[1] != owner:
-            raise LostLease()
+            raise LostRun()
         return bool(row[0] == "active")
 
     def _commit(self, cur: Any) -> None:
@@ -371,16 +405,16 @@ class FastPath:
         self.raw.close()
 
 
-_SET = "UPDATE deliveries SET {} WHERE id = ?"
+_SET = "UPDATE deliveries SET {} WHERE id = ? AND claimed_by = ?"
 _RECORD_SQL = {
     DeliveryStatus.SENT: _SET.format("status = 'sent', last_reply = ?, sent_at = ?, updated_at = ?"),
     DeliveryStatus.RETRY: _SET.format(
         "status = 'retry', last_reply = ?, next_attempt_at = ?, updated_at = ?"
     ),
     DeliveryStatus.QUEUED: _SET.format(
-        "status = 'queued', attempts = attempts - 1, last_reply = ?, updated_at = ?"
+        "status = 'queued', claimed_by = NULL, attempts = attempts - 1, last_reply = ?, updated_at = ?"
     ),
     DeliveryStatus.FAILED: _SET.format("status = 'failed', last_reply = ?, updated_at = ?"),
     DeliveryStatus.SKIPPED: _SET.format("status = 'skipped', last_reply = ?, updated_at = ?"),
 }
-_CHECK_SQL = "SELECT (SELECT status FROM subscribers WHERE id = ?), lease_owner FROM digests WHERE id = ?"
+_CHECK_SQL = "SELECT (SELECT status FROM subscribers WHERE id = ?), claimed_by FROM deliveries WHERE id = ?"

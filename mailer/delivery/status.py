@@ -74,10 +74,9 @@ class DigestStatus:
     last_error: str
     next_run_at: datetime | None
     errors: list[tuple[str, int]]
-    # The run delivering it now (host:pid:run id), and until when its lease holds
-    # unless it renews it: a lease past its time belongs to a run that is gone.
-    lease_owner: str | None
-    lease_until: datetime | None
+    # The runs delivering it now (host:pid:run id), each with the time its heartbeat runs
+    # out unless it renews it: a run past its time is gone, and its rows are taken over.
+    runs: list[queue.Run]
 
 
 def status_of(db: Database, digest_id: int | None = None) -> DigestStatus:
@@ -129,6 +128,5 @@ def status_of(db: Database, digest_id: int | None = None) -> DigestStatus:
             d.last_error,
             d.next_run_at,
             [(reply, n) for reply, n in errors],
-            d.lease_owner,
-            d.lease_until,
+            queue.runs(s, d.id, utcnow()),
         )
