@@ -92,7 +92,6 @@ def test_an_access_map_refusing_a_few_readers_fails_them_alone_and_everyone_else
     assert {rows[a][0] for a in rows.keys() - REJECTED} == {"sent"}
 
 
-@pytest.mark.xfail(reason="engine retries busy connections: pending", strict=False)
 def test_connection_limit_of_two_with_four_connections_still_delivers_everyone_once(
     tmp_path: Path, sink: SmtpServer
 ) -> None:
