@@ -1,12 +1,16 @@
-"""Subscribers: add, CSV import, list, unsubscribe, forget."""
+"""Subscribers: add, import, list, unsubscribe, forget.
+
+Invariants: an address is stored once, whatever its case (the database refuses a second
+row); an import adds new people only and never changes one who is already there (an
+unsubscribed person stays unsubscribed); it is all-or-nothing unless told to skip bad rows.
+The file formats an import reads live in mailer.subscriber_io.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
@@ -56,6 +60,17 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
+@dataclass(frozen=True)
+class Person:
+    """One person to import; the dates are None when the file does not carry them."""
+
+    email: str
+    name: str
+    status: str = "active"
+    created_at: datetime | None = None
+    status_changed_at: datetime | None = None
+
+
 @dataclass
 class CsvReport:
     added: int = 0
@@ -101,12 +116,20 @@ class SubscriberStore:
             return sub, True
 
     def import_csv(self, path: Path, skip_invalid: bool = False) -> CsvReport:
-        """Columns email,name. All-or-nothing unless skip_invalid; every bad row is listed."""
-        report = CsvReport()
-        rows = list(self._read_csv(path, report))
+        """A list of people in any format mailer.subscriber_io reads. All-or-nothing unless
+        skip_invalid; every bad row is listed."""
+        from mailer.subscriber_io import read_people  # it builds on this module
+
+        read = read_people(path)
+        report = CsvReport(errors=read.errors)
         if report.errors and not skip_invalid:
             report.imported = False
             return report
+        report.added, report.existing = self.import_people(read.people)
+        return report
+
+    def import_people(self, people: list[Person]) -> tuple[int, int]:
+        """(added, already there). New people get the status and dates they come with."""
         now = utcnow()
         with self.db.session() as s:
             # Existing people, unsubscribed ones included, stay as they are: an import must
@@ -114,69 +137,30 @@ class SubscriberStore:
             known = {e.lower() for e in s.scalars(select(Subscriber.email))}
             new = [
                 {
-                    "email": address,
-                    "name": name,
-                    "status": "active",
+                    "email": p.email,
+                    "name": p.name,
+                    "status": p.status,
                     "token_nonce": new_nonce(),
-                    "created_at": now,
-                    "status_changed_at": now,
+                    "created_at": p.created_at or now,
+                    "status_changed_at": p.status_changed_at or p.created_at or now,
                     "bounce_count": 0,
                 }
-                for address, name in rows
-                if address.lower() not in known
+                for p in people
+                if p.email.lower() not in known
             ]
             # One executemany: a 100,000-row import holds the write lock for about a
             # second, not a minute (the service and other commands wait for it meanwhile).
             if new:
                 s.execute(insert(Subscriber), new)
-            report.added = len(new)
-            report.existing = len(rows) - len(new)
-        return report
+        return len(new), len(people) - len(new)
 
-    def _read_csv(self, path: Path, report: CsvReport) -> Iterator[tuple[str, str]]:
-        try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
-        reader = csv.reader(io.StringIO(text, newline=""))
-        try:
-            header = next(reader, None)
-        except csv.Error as exc:
-            raise InputError(f"{path}:1: {exc}") from None
-        if header is None:
-            raise InputError(f"{path}: empty file (expected a header line: email,name)")
-        columns = [h.strip().lower() for h in header]
-        if "email" not in columns:
-            raise InputError(f"{path}:1: no 'email' column in the header {header!r}")
-        email_col = columns.index("email")
-        name_col = columns.index("name") if "name" in columns else None
-        seen: set[str] = set()
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                report.errors.append(f"{path}:{reader.line_num}: {exc}")
-                continue
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            try:
-                if len(row) <= email_col:
-                    raise InputError("missing email column")
-                address = normalise_email(row[email_col])
-                name = clean_name(row[name_col] if name_col is not None and len(row) > name_col else "")
-            except InputError as exc:
-                report.errors.append(f"{path}:{line}: {exc}")
-                continue
-            if address.lower() in seen:
-                report.errors.append(f"{path}:{line}: {address} appears twice in the file")
-                continue
-            seen.add(address.lower())
-            yield address, name
+    def get(self, email: str) -> Subscriber:
+        """The subscriber with this address (as a person types it); NotFound if none."""
+        with self.db.session() as s:
+            sub = self._find(s, lookup_key(email))
+            if sub is None:
+                raise NotFound(f"no subscriber {email.strip()!r}")
+            return sub
 
     def list(self, status: str | None = None) -> list[Subscriber]:
         if status is not None and status not in STATUSES:

@@ -237,7 +237,7 @@ def test_import_reads_a_csv_with_a_bom_and_crlf_line_ends(
     ("data", "reason"),
     [
         pytest.param(b"email,name\njose@example.com,Jos\xe9\n", "not UTF-8", id="not-utf8"),
-        pytest.param(b"mail,name\njose@example.com,Jose\n", "no 'email' column", id="no-email-column"),
+        pytest.param(b"mail,name\njose@example.com,Jose\n", "no email column", id="no-email-column"),
         pytest.param(b"", "empty file", id="empty"),
     ],
 )
@@ -387,7 +387,7 @@ def test_forget_erases_the_person_and_their_delivery_rows(run_cli: RunCli, db: D
     digest = _build_digest(db, cfg)
     assert _deliveries(db, ann.id) == [(digest.id, "queued")]
 
-    result = run_cli("subscribers", "forget", "ANN@example.com")
+    result = run_cli("subscribers", "forget", "ANN@example.com", "--yes")
 
     assert result.exit_code == 0, result.output
     assert _get(db, "ann@example.com") is None

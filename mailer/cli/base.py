@@ -20,11 +20,13 @@ import select
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
+from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailer.config import Config, load_config
@@ -166,8 +168,39 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     ctx.obj = App(config_path)
 
 
+@dataclass
+class Listing:
+    """What a listing command returns; `listing` prints it."""
+
+    records: list[dict[str, Any]]  # --json prints these, every field in full
+    table: Table  # what a person reads: the columns that fit the terminal
+    footer: str  # e.g. "3 subscriber(s)"
+
+
+def listing(fn: Callable[..., Listing]) -> Callable[..., None]:
+    """The one `--json` of every listing command: the command returns a Listing, and this
+    prints its records as JSON with --json, else its table and footer."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON, in full.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> None:
+        result = fn(*args, **kwargs)
+        if as_json:
+            _json(result.records)
+            return
+        out.print(result.table)
+        click.echo(result.footer)
+
+    return wrapper
+
+
 def _json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
+    click.echo(json_text(data))
+
+
+def json_text(data: Any) -> str:
+    """The JSON every command prints: indented, UTF-8 as is, datetimes in ISO 8601."""
+    return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:

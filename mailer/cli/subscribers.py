@@ -1,34 +1,31 @@
-"""`mailer subscribers`: add, import, list, unsubscribe and forget subscribers."""
+"""`mailer subscribers`: add, import, export, list, unsubscribe and forget subscribers.
+
+`forget` erases a person for good, so it asks first on a terminal; without a terminal
+(a script, a pipe) it refuses unless given --yes. `export --out FILE` writes a temporary
+file beside FILE and renames it into place: FILE is the whole export or untouched.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
 import click
 from rich.table import Table
 
-from mailer.cli.base import App, _json, _when, cli, command, out
-from mailer.models import Subscriber
+from mailer.cli.base import App, Listing, _when, cli, command, json_text, listing
+from mailer.errors import InputError
+from mailer.subscriber_io import record, write_csv
 from mailer.subscribers import STATUSES, SubscriberStore
 
 
 @cli.group()
 def subscribers() -> None:
-    """Add, import, list, unsubscribe and forget subscribers."""
-
-
-def _subscriber_dict(s: Subscriber) -> dict[str, Any]:
-    return {
-        "id": s.id,
-        "email": s.email,
-        "name": s.name,
-        "status": s.status,
-        "created_at": s.created_at,
-        "status_changed_at": s.status_changed_at,
-        "bounce_count": s.bounce_count,
-    }
+    """Add, import, export, list, unsubscribe and forget subscribers."""
 
 
 @command(subscribers, "add")
@@ -47,7 +44,16 @@ def subscribers_add(app: App, email: str, name: str) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--skip-invalid", is_flag=True, help="Import the good rows even if some are bad.")
 def subscribers_import(app: App, file: str, skip_invalid: bool) -> None:
-    """Import a CSV with columns email,name (all-or-nothing by default)."""
+    """Import a list of people (all-or-nothing by default).
+
+    \b
+    Reads the CSV exports of Mailchimp, listmonk, Substack and Buttondown and of
+    `mailer subscribers export`, comma-, semicolon- or tab-separated, or a plain list
+    with one address per line. An email column (email, Email Address, E-mail) is
+    required; a name comes from name, or First Name and Last Name joined; a status
+    column keeps those who unsubscribed unsubscribed. People already on the list are
+    left as they are.
+    """
     report = SubscriberStore(app.db).import_csv(Path(file), skip_invalid)
     for err in report.errors:
         click.echo(err, err=True)
@@ -62,20 +68,54 @@ def subscribers_import(app: App, file: str, skip_invalid: bool) -> None:
     click.echo(f"{report.added} added, {report.existing} already on the list{skipped}")
 
 
+@command(subscribers, "export")
+@click.option("--status", type=click.Choice(STATUSES), help="Only people with this status.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write to this file, not stdout.")
+def subscribers_export(app: App, status: str | None, fmt: str, out_file: str | None) -> None:
+    """Everyone (or one status) with name, status and dates; the CSV imports back as is."""
+    people = SubscriberStore(app.db).list(status)
+
+    def write(stream: TextIO) -> None:
+        if fmt == "csv":
+            write_csv(people, stream)
+        else:
+            stream.write(json_text([record(s) for s in people]) + "\n")
+
+    if out_file is None:
+        write(sys.stdout)
+        return
+    _write_whole(Path(out_file), write)
+    click.echo(f"{len(people)} subscriber(s) written to {out_file}")
+
+
+def _write_whole(path: Path, write: Callable[[TextIO], None]) -> None:
+    """`write` into a temporary file beside `path`, then rename it into place."""
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            write(stream)
+        os.replace(temp, path)
+    except BaseException as exc:
+        os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise
+
+
 @command(subscribers, "list")
 @click.option("--status", type=click.Choice(STATUSES))
-@click.option("--json", "as_json", is_flag=True)
-def subscribers_list(app: App, status: str | None, as_json: bool) -> None:
+@listing
+def subscribers_list(app: App, status: str | None) -> Listing:
     """List subscribers."""
     rows = SubscriberStore(app.db).list(status)
-    if as_json:
-        _json([_subscriber_dict(s) for s in rows])
-        return
     table = Table("id", "email", "name", "status", "since", box=None)
     for s in rows:
         table.add_row(str(s.id), s.email, s.name, s.status, _when(s.status_changed_at, app.cfg))
-    out.print(table)
-    click.echo(f"{len(rows)} subscriber(s)")
+    return Listing([record(s) for s in rows], table, f"{len(rows)} subscriber(s)")
 
 
 @command(subscribers, "remove")
@@ -88,7 +128,15 @@ def subscribers_remove(app: App, email: str) -> None:
 
 @command(subscribers, "forget")
 @click.argument("email")
-def subscribers_forget(app: App, email: str) -> None:
-    """Erase a person and their delivery records."""
-    SubscriberStore(app.db).forget(email)
-    click.echo(f"{email.strip()} forgotten")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
+def subscribers_forget(app: App, email: str, yes: bool) -> None:
+    """Erase a person and their delivery records, for good (asks first)."""
+    store = SubscriberStore(app.db)
+    sub = store.get(email)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError(f"forgetting {sub.email} cannot be undone: pass --yes to confirm")
+        who = f"{sub.email} ({sub.name})" if sub.name else sub.email
+        click.confirm(f"Erase {who} and their delivery records for good?", abort=True)
+    store.forget(sub.email)
+    click.echo(f"{sub.email} forgotten")
