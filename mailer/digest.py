@@ -341,9 +341,16 @@ def finish(s: Session, digest: Digest, now: datetime, delivered: bool = True) ->
 
 @dataclass
 class DigestRow:
+    """A digest as `digest list` and the web pages show it.
+
+    `slot` is the slot's key, an identifier (unique per digest): a scheduled slot's local
+    wall-clock time without a zone, or "manual:" and the UTC time of a `send --now`.
+    People read `slot_at` instead, the slot's instant, shown in the configured zone."""
+
     id: int
     issue: int | None
     slot: str
+    slot_at: datetime
     status: str
     subject: str
     created_at: datetime
@@ -351,6 +358,11 @@ class DigestRow:
     note: str
     articles: int
     counts: dict[str, int]
+
+    @property
+    def manual(self) -> bool:
+        """A slot of `digest send --now` (manual_slot) rather than of the schedule."""
+        return self.slot.startswith("manual:")
 
 
 def list_digests(db: Database, limit: int | None = None) -> list[DigestRow]:
@@ -379,6 +391,7 @@ def list_digests(db: Database, limit: int | None = None) -> list[DigestRow]:
             d.id,
             d.issue_number,
             d.slot_key,
+            d.slot_at,
             d.status,
             d.subject,
             d.created_at,

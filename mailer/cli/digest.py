@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -10,10 +12,11 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from mailer import campaign, delivery, progress
 from mailer import digest as digests
-from mailer.cli.base import App, _json, _when, cli, command, out
+from mailer.cli.base import App, Listing, _json, _when, cli, command, listing
 from mailer.errors import InputError
 from mailer.models import utcnow
 
@@ -42,7 +45,25 @@ def digest_preview(app: App, out_file: str | None, open_browser: bool, as_text: 
     Path(out_file).write_text(body, encoding="utf-8")
     click.echo(f"{p.subject} ({p.article_count} articles) written to {out_file}")
     if open_browser:
-        webbrowser.open(Path(out_file).resolve().as_uri())
+        path = Path(out_file).resolve()
+        missing = open_in_browser(path)
+        if missing:
+            click.echo(f"could not open a browser ({missing}); the preview is in {path}", err=True)
+
+
+def open_in_browser(path: Path) -> str | None:
+    """Show the file in a browser; None when one took it, else why none did.
+
+    Without a display (DISPLAY or WAYLAND_DISPLAY) on Linux and the BSDs, nothing is
+    tried: webbrowser would fall back to a text-mode browser taking over the terminal, or
+    to nothing at all. $BROWSER, when set, is always tried."""
+    graphical = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    x11_platform = sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd"))
+    if x11_platform and not graphical and not os.environ.get("BROWSER"):
+        return "no DISPLAY"
+    if not webbrowser.open(path.as_uri()):
+        return "none found"
+    return None
 
 
 @command(digest, "send")
@@ -85,40 +106,31 @@ def digest_send(app: App, now_flag: bool, to: str | None) -> None:
 
 
 @command(digest, "list")
-@click.option("--json", "as_json", is_flag=True)
-def digest_list(app: App, as_json: bool) -> None:
-    """Past digests with their delivery counts."""
+@listing
+def digest_list(app: App) -> Listing:
+    """Past digests with their delivery counts (--json: every field, subjects in full)."""
     rows = digests.list_digests(app.db)
-    if as_json:
-        _json([r.__dict__ for r in rows])
-        return
-    table = Table(
-        "id",
-        "issue",
-        "slot",
-        "status",
-        "articles",
-        "sent",
-        "pending",
-        "failed",
-        "subject",
-        box=None,
-    )
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False)
+    for header in ("id", "issue", "slot", "status", "articles", "sent", "pending", "failed"):
+        justify = "left" if header in ("slot", "status") else "right"
+        table.add_column(header, no_wrap=True, justify=justify)
+    # The subject alone gives way to the terminal's width: cut short with "…", never wrapped.
+    table.add_column("subject", overflow="ellipsis")
     for r in rows:
         pending = sum(r.counts.get(k, 0) for k in ("queued", "sending", "retry"))
         table.add_row(
             str(r.id),
             str(r.issue or "-"),
-            r.slot,
+            _when(r.slot_at, app.cfg),
             r.status,
             str(r.articles),
             str(r.counts.get("sent", 0)),
             str(pending),
             str(r.counts.get("failed", 0)),
-            r.subject or r.note,
+            Text(r.subject or r.note, no_wrap=True, overflow="ellipsis"),
         )
-    out.print(table)
-    click.echo(f"{len(rows)} digest(s)")
+    records = [{**dataclasses.asdict(r), "manual": r.manual} for r in rows]
+    return Listing(records, table, f"{len(rows)} digest(s)")
 
 
 @command(digest, "status")
