@@ -189,7 +189,8 @@ def test_export_json_of_one_status_to_a_file(run_cli: RunCli, db: Database, tmp_
         0,
     )
     assert datetime.fromisoformat(bob["status_changed_at"]) >= datetime.fromisoformat(bob["created_at"])
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".gone")) == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".gone")] == []  # no temp file left
+    assert target.stat().st_mode & 0o777 == 0o600  # people's addresses: for the owner only
 
 
 def test_export_to_a_folder_that_does_not_exist_is_one_line_and_exit_1(

@@ -2,7 +2,8 @@
 
 `forget` erases a person for good, so it asks first on a terminal; without a terminal
 (a script, a pipe) it refuses unless given --yes. `export --out FILE` writes a temporary
-file beside FILE and renames it into place: FILE is the whole export or untouched.
+file beside FILE and renames it into place: FILE is the whole export or untouched, and
+(holding people's addresses) readable by its owner only, as mkstemp creates it.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ def subscribers_import(app: App, file: str, skip_invalid: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write to this file, not stdout.")
 def subscribers_export(app: App, status: str | None, fmt: str, out_file: str | None) -> None:
-    """Everyone (or one status) with name, status and dates; the CSV imports back as is."""
+    """Write the list out: CSV (which `subscribers import` reads back) or JSON.
+
+    Every person, or those of one status, with name, status, dates and bounces; --out
+    writes the file whole or not at all, readable by its owner only."""
     people = SubscriberStore(app.db).list(status)
 
     def write(stream: TextIO) -> None:
