@@ -25,8 +25,10 @@ Invariants:
 
 from __future__ import annotations
 
+import _csv
 import csv
 import io
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -73,6 +75,10 @@ STATUS_VALUES = {
 
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "status_changed_at", "bounce_count")
 DATE_COLUMNS = ("created_at", "status_changed_at")
+
+
+# (line, cells), or (line, why csv could not parse the record).
+Row = tuple[int, list[str] | str]
 
 
 @dataclass
@@ -145,7 +151,7 @@ def read_people(path: Path) -> ReadResult:
     if first is None or not any(cell.strip() for cell in first):
         raise InputError(f"{path}: empty file (expected a header line such as email,name, or addresses)")
     columns = _Columns(first)
-    rows: Iterable[tuple[int, list[str]]] = _rows(path, reader)
+    rows: Iterator[Row] = _rows(reader)
     result = ReadResult()
     if "email" not in columns.index:
         if "@" not in first[0]:
@@ -154,7 +160,7 @@ def read_people(path: Path) -> ReadResult:
                 "Email Address or E-mail, or a plain list of addresses)"
             )
         columns = _Columns(None)
-        rows = _chain((1, first), rows)
+        rows = itertools.chain([(1, first)], rows)
     seen: set[str] = set()
     for line, row in rows:
         if isinstance(row, str):  # a csv.Error, as text
@@ -175,12 +181,7 @@ def read_people(path: Path) -> ReadResult:
     return result
 
 
-def _chain(first: tuple[int, list[str]], rest: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
-    yield first
-    yield from rest
-
-
-def _rows(path: Path, reader: Any) -> Iterator[tuple[int, Any]]:
+def _rows(reader: _csv.Reader) -> Iterator[Row]:
     """(line, row) for each record; (line, message) for a record csv cannot parse."""
     while True:
         try:
