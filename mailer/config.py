@@ -360,6 +360,25 @@ class Config:
         return self.resolve("var")
 
 
+class ConfigInForce:
+    """The one Config a long-running process (`mailer serve`) uses, replaceable as a whole.
+
+    Readers take `current` once per unit of work (a web request, a scheduled run) and use
+    that snapshot throughout, so a unit never mixes two configs; a reload swaps the whole
+    object (a reference assignment, atomic in Python), never edits one in place (Config and
+    its sections are frozen)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+
+    @property
+    def current(self) -> Config:
+        return self._cfg
+
+    def replace(self, cfg: Config) -> None:
+        self._cfg = cfg
+
+
 def find_config_path(explicit: str | None) -> Path | None:
     if explicit:
         return Path(explicit)

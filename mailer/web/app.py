@@ -9,6 +9,17 @@ In order, for every request:
    at ever waits for the write lock, and none can write.
 Errors are one-line pages (web_error.html), never a traceback.
 
+The configuration is read per request. `mailer serve` reloads it while running
+(mailer.service), so the app holds the process's ConfigInForce, never a Config of its own:
+every part of the app, the blueprints and the access rules included, is given a
+RequestConfig, which answers from the Config in force when the request began (taken once,
+on first use, and kept in flask.g), so a request never mixes two configs and the next one
+sees a reload. (One exception, outside this package's reach today: mailer.web.public builds
+its Themes once, so an article page names a renamed theme by its old name until a restart.)
+The web pages' templates come from the folder the config in force names
+(digest.templates), and Jinja checks them for changes (auto_reload), so a reload that
+moves the folder, or an edited template, shows on the next page.
+
 Creating the app starts its unsubscribe outbox applier, which first replays whatever an
 earlier process recorded but did not apply (mailer.web.outbox).
 """
@@ -17,15 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, abort, render_template, request
+from flask import Flask, Response, abort, g, has_app_context, render_template, request
+from jinja2 import BaseLoader, Environment
 from werkzeug.exceptions import HTTPException
 
-from mailer.config import Config
+from mailer.config import Config, ConfigInForce, Settings
 from mailer.db import Database
 from mailer.digest import template_environment
-from mailer.scheduler import Schedule
 from mailer.tokens import Tokens, load_secret
 from mailer.unsubscribe_outbox import Busy, Outbox, outbox_folder
 from mailer.web import MAX_BODY_BYTES, access, editor, public
@@ -35,16 +47,78 @@ CROSS_SITE = "This form was sent from another web site, so nothing was changed."
 SAFE_METHODS = ("GET", "HEAD")
 
 
-def create_app(db: Database, cfg: Config) -> Flask:
+class RequestConfig(Config):
+    """The Config in force for the request being served (see the module docstring).
+
+    A Config whose settings, path and root are looked up on every use: the snapshot in
+    flask.g, taken from the ConfigInForce on the request's first read; outside a request
+    (while the app is built), the one in force. It copies nothing, so there is no copy to
+    go stale."""
+
+    def __init__(self, in_force: ConfigInForce) -> None:  # Config.__init__ would copy: not called
+        self._in_force = in_force
+
+    def snapshot(self) -> Config:
+        if not has_app_context():
+            return self._in_force.current
+        if "mailer_config" not in g:
+            g.mailer_config = self._in_force.current
+        cfg: Config = g.mailer_config
+        return cfg
+
+    @property  # type: ignore[override]
+    def settings(self) -> Settings:
+        return self.snapshot().settings
+
+    @property  # type: ignore[override]
+    def path(self) -> Path | None:
+        return self.snapshot().path
+
+    @property  # type: ignore[override]
+    def root(self) -> Path:
+        return self.snapshot().root
+
+
+class TemplatesInForce(BaseLoader):
+    """The web pages' templates from the folder `digest.templates` names in the config in
+    force; a compiled template is stale once its file changed or the folder is another."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def _folder(self) -> Path:
+        return self.cfg.resolve(self.cfg.digest.templates)
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool]]:
+        folder = self._folder()
+        source, filename, uptodate = template_environment(self.cfg).loader.get_source(  # type: ignore[union-attr]
+            environment, template
+        )
+
+        def fresh() -> bool:
+            return self._folder() == folder and (uptodate is None or uptodate())
+
+        return source, filename, fresh
+
+
+def create_app(db: Database, config: Config | ConfigInForce) -> Flask:
+    """The app; `config` is the ConfigInForce of a service that reloads it, or a Config."""
+    cfg = RequestConfig(config if isinstance(config, ConfigInForce) else ConfigInForce(config))
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["SEND_FILE_MAX_AGE_DEFAULT"] = timedelta(0)
-    app.jinja_loader = template_environment(cfg).loader  # type: ignore[assignment]
+    app.jinja_loader = TemplatesInForce(cfg)  # type: ignore[assignment]
+    app.jinja_env.auto_reload = True
     _template_globals(app, cfg)
+    # The secret key and the outbox live in var/ next to the config file, which a reload
+    # cannot move (it reads the same file).
     outbox = Outbox(db, outbox_folder(cfg)).start()
-    subscriptions = Subscriptions(db, Tokens(load_secret(cfg.var_dir)), outbox)
+    secret = load_secret(cfg.var_dir)
+    subscriptions = Subscriptions(db, Tokens(secret), outbox)
     app.register_blueprint(public.blueprint(db, cfg, subscriptions))
-    app.register_blueprint(editor.blueprint(db, cfg))
+    app.register_blueprint(editor.blueprint(db, cfg, secret))
     _request_rules(app, cfg)
     _error_pages(app)
     app.wsgi_app = _reads_never_wait(app.wsgi_app, db)  # type: ignore[method-assign]
@@ -52,10 +126,8 @@ def create_app(db: Database, cfg: Config) -> Flask:
 
 
 def _template_globals(app: Flask, cfg: Config) -> None:
-    zone = Schedule.of(cfg).zone
-
     def local(dt: Any) -> str:
-        return dt.astimezone(zone).strftime("%a %d %b %Y %H:%M %Z") if dt else "-"
+        return dt.astimezone(cfg.zone).strftime("%a %d %b %Y %H:%M %Z") if dt else "-"
 
     app.jinja_env.filters["local"] = local
 
