@@ -50,7 +50,7 @@ def test_demo_readers_are_added_to_a_new_database_once(tmp_path):
     everyone = ("ada@example.com", "grace@example.com", "zoe@example.com")
     assert _people(config) == dict.fromkeys(everyone, "active")
 
-    _mailer(config, "subscribers", "forget", "ada@example.com")
+    _mailer(config, "subscribers", "forget", "ada@example.com", "--yes")
     _mailer(config, "subscribers", "remove", "grace@example.com")
     again = _mailer(config, "init", "--demo").stdout
     assert "demo data: not loaded" in again
@@ -61,7 +61,7 @@ def test_a_database_everyone_left_gets_no_demo_readers_again(tmp_path):
     config = write_config(tmp_path)
     _mailer(config, "init", "--demo")
     for email in ("ada@example.com", "grace@example.com", "zoe@example.com"):
-        _mailer(config, "subscribers", "forget", email)
+        _mailer(config, "subscribers", "forget", email, "--yes")
     _mailer(config, "articles", "remove", "1")
     assert _people(config) == {}
     assert "demo data: not loaded" in _mailer(config, "init", "--demo").stdout
