@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: run test install install-test system-deps lint bench clean
+.PHONY: run test install install-test system-deps email-check lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,11 @@ lint: install-test
 	$(BIN)/ruff format --check .
 
 # Set up and run the tests (lint first: a lint failure fails the run).
-test: install-test system-deps lint
+# The caniemail checker that tests/test_email_layout.py runs on node (skipped without node).
+email-check:
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tools/email-check --no-audit --no-fund >/dev/null; fi
+
+test: install-test system-deps email-check lint
 	$(BIN)/pytest
 
 bench: install-test
