@@ -389,7 +389,11 @@ def _banner_pages(cfg: Config, port: int) -> list[str]:
             f"public pages: {base}/healthz, /articles/<id>, /unsubscribe/<token>",
         ]
     note = "  (HTTP Basic, the web password)" if mode == "password" else ""
-    lines = [f"dashboard:    {base}/{note}", f"preview:      {base}/preview"]
+    lines = [
+        f"dashboard:    {base}/{note}",
+        f"preview:      {base}/preview",
+        f"test copy:    {base}/preview/test-copy",
+    ]
     if cfg.catcher.enabled:
         lines.append(f"caught mail:  {base}/mail  (SMTP on {cfg.catcher.host}:{cfg.catcher.port})")
     return lines

@@ -119,6 +119,9 @@ def service(config: Path) -> Iterator[Served]:
 
     served = Served(config, load_config(str(config)).web.port)
     assert served.preview_shows(OLD_NAME)
+    # The banner names the pages, the test copy's among them (mailer.web.editor).
+    _wait_for(lambda: any("test copy:" in line for line in served.out), 10, "the banner")
+    assert f"  test copy:    http://127.0.0.1:{served.port}/preview/test-copy" in served.out
     yield served
     served.stop()
     assert served.proc.returncode == 0, "\n".join(served.log)
