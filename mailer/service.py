@@ -38,7 +38,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from waitress.server import create_server
 
-from mailer import campaign, progress
+from mailer import campaign, demo, progress
 from mailer.catcher import MailCatcher
 from mailer.config import Config, ConfigInForce, load_config
 from mailer.db import Database
@@ -373,7 +373,7 @@ def serve(db: Database, cfg: Config) -> None:
             f"  next digest:  {nxt[0].local(cfg.schedule.timezone):%a %Y-%m-%d %H:%M %Z}",
             flush=True,
         )
-    print("  send one now: mailer digest send --now", flush=True)
+    print(f"  send one now: {demo.command()} digest send --now", flush=True)
     done.wait()
     service.shutdown()
     log.info("stopped")

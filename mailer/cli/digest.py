@@ -71,18 +71,12 @@ def open_in_browser(path: Path) -> str | None:
 @click.option("--to", "to", metavar="EMAIL", help="Send a test copy to one address; no state changes.")
 def digest_send(app: App, now_flag: bool, to: str | None) -> None:
     """Send the digest now, or a test copy."""
-    from mailer.subscribers import normalise_email
-
     if now_flag == (to is not None):
         raise InputError("give exactly one of --now or --to EMAIL")
     cfg = app.cfg
     if to is not None:
-        address = normalise_email(to)
-        p = digests.preview(app.db, cfg)
-        if p is None:
-            raise InputError("nothing to send: there are no unsent articles")
-        reply = delivery.send_test(cfg, p.html, p.text, p.subject, address)
-        click.echo(f"test copy of {p.subject!r} sent to {address}: {reply}")
+        sent = delivery.send_test_copy(app.db, cfg, to)
+        click.echo(f"test copy of {sent.subject!r} sent to {sent.address}: {sent.reply}")
         return
     stop = threading.Event()
 

@@ -9,15 +9,17 @@ connections, resumable after any crash.
 """
 
 from mailer.delivery.engine import Deliverer, RunSummary, deliver, unsubscribe_url
-from mailer.delivery.status import DigestStatus, retry_failed, send_test, status_of
+from mailer.delivery.status import DigestStatus, TestCopy, retry_failed, send_test, send_test_copy, status_of
 
 __all__ = [
     "Deliverer",
     "DigestStatus",
     "RunSummary",
+    "TestCopy",
     "deliver",
     "retry_failed",
     "send_test",
+    "send_test_copy",
     "status_of",
     "unsubscribe_url",
 ]

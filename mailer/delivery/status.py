@@ -13,10 +13,11 @@ from mailer.db import Database
 from mailer.delivery import queue
 from mailer.delivery.queue import DeliveryStatus
 from mailer.dkim import DkimSigner
-from mailer.errors import NotFound
+from mailer.errors import InputError, NotFound
 from mailer.message import MessageTemplate, Recipient, new_message_key
 from mailer.models import Delivery, Digest, Subscriber, utcnow
 from mailer.smtp import Outcome, SmtpConnection, SmtpFatal
+from mailer.subscribers import normalise_email
 
 
 def retry_failed(db: Database, digest_id: int) -> int:
@@ -43,6 +44,26 @@ def retry_failed(db: Database, digest_id: int) -> int:
             d.run_failures = 0
             d.last_error = ""
         return int(n or 0)
+
+
+@dataclass(frozen=True)
+class TestCopy:
+    subject: str
+    address: str
+    reply: str  # the relay's answer to the message
+
+
+def send_test_copy(db: Database, cfg: Config, to: str) -> TestCopy:
+    """`digest send --to` and the preview page's form: a test copy of the next digest to
+    one address, no state changed. InputError for an address that is not one, or nothing
+    to send; the relay's refusal as send_test raises it (a MailerError). Reads only in
+    read-only transactions, so it never waits for a send in progress."""
+    address = normalise_email(to)
+    with db.read_only():
+        p = digests.preview(db, cfg)
+    if p is None:
+        raise InputError("nothing to send: there are no unsent articles")
+    return TestCopy(p.subject, address, send_test(cfg, p.html, p.text, p.subject, address))
 
 
 def send_test(cfg: Config, html: str, text: str, subject: str, to: str) -> str:

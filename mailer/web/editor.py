@@ -7,9 +7,9 @@ it shows or does what it asks. `cfg` is the app's RequestConfig, so every view r
 config in force (mailer.web.app); nothing derived from it is kept between requests.
 
 The one POST, the test copy (`/preview/test-copy`), is `digest send --to` from the
-browser: `send_test_copy` takes the same steps (the address checked by normalise_email,
-the next digest from digest.preview, mailed by delivery.send_test), changes no state and
-reads only in read-only transactions, so it never waits for a send in progress either.
+browser: both call mailer.delivery.send_test_copy (the address checked, the next digest
+previewed and mailed), which changes no state and reads only in read-only transactions,
+so it never waits for a send in progress either.
 It mails the unsent digest to the address in the request, so a forged request would leak
 it; two independent checks stop one:
 * mailer.web.app refuses a POST that the browser marks as coming from another site or
@@ -28,7 +28,6 @@ editor accounts to store it with).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,12 +44,11 @@ from mailer.digest import PREVIEW_UNSUBSCRIBE, UNSUBSCRIBE_PLACEHOLDER
 from mailer.errors import InputError, MailerError, NotFound
 from mailer.models import Article, Digest, utcnow
 from mailer.scheduler import Schedule
-from mailer.subscribers import SubscriberStore, normalise_email
+from mailer.subscribers import SubscriberStore
 from mailer.themes import Themes
 from mailer.web.public import MAX_ID
 
 NOTHING_TO_PREVIEW = "Nothing to preview: no unsent articles."
-NOTHING_TO_SEND = "nothing to send: there are no unsent articles"
 TEST_COPY_COOKIE = "mailer_test_copy_to"
 TEST_COPY_COOKIE_AGE = 365 * 24 * 3600
 FORM_TOKEN_MAX_AGE = 12 * 3600  # seconds: a page left open over a working day still sends
@@ -83,25 +81,6 @@ def dashboard(db: Database, cfg: Config, now: datetime) -> dict[str, Any]:
         "recent": recent,
         "min_articles": cfg.digest.min_articles,
     }
-
-
-@dataclass(frozen=True)
-class TestCopy:
-    subject: str
-    address: str
-    reply: str  # the relay's answer to the message
-
-
-def send_test_copy(db: Database, cfg: Config, to: str) -> TestCopy:
-    """`digest send --to` for the web: a test copy of the next digest to one address, no
-    state changed. InputError for an address that is not one or nothing to send; the
-    relay's refusal as delivery.send_test raises it (a MailerError)."""
-    address = normalise_email(to)
-    with db.read_only():
-        p = digests.preview(db, cfg)
-    if p is None:
-        raise InputError(NOTHING_TO_SEND)
-    return TestCopy(p.subject, address, delivery.send_test(cfg, p.html, p.text, p.subject, address))
 
 
 def stored_digest(db: Database, digest_id: int) -> Digest:
@@ -171,7 +150,7 @@ def blueprint(db: Database, cfg: Config, secret: bytes) -> Blueprint:
         except BadData:
             return Response(*test_copy_page(403, address=address, error=FORM_EXPIRED))
         try:
-            sent = send_test_copy(db, cfg, address)
+            sent = delivery.send_test_copy(db, cfg, address)
         except MailerError as exc:
             status = 400 if isinstance(exc, InputError) else 502
             return Response(*test_copy_page(status, address=address, error=str(exc)))

@@ -33,7 +33,6 @@ def readable_article(db: Database, article_id: int, editor: bool) -> Article | N
 
 def blueprint(db: Database, cfg: Config, subscriptions: Subscriptions) -> Blueprint:
     bp = Blueprint("public", __name__)
-    themes = Themes(cfg.themes)
 
     @bp.get("/healthz")
     def health() -> Response:
@@ -47,7 +46,7 @@ def blueprint(db: Database, cfg: Config, subscriptions: Subscriptions) -> Bluepr
         return render_template(
             "web_article.html",
             a=a,
-            theme=themes.name(a.theme),
+            theme=Themes(cfg.themes).name(a.theme),  # per request: the config may be reloaded
             lead=lead_of(a.paragraphs, cfg.digest.lead_chars),
             original=a.url if a.url and is_http_url(a.url) else None,
         )
