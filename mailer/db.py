@@ -24,7 +24,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
+
+from mailer.errors import ConfigError
 
 BUSY_TIMEOUT_MS = 30_000
 # The newest Alembic revision (tests/test_db.py checks it against migrations/). Knowing it
@@ -37,7 +40,15 @@ _READ_ONLY: ContextVar[bool] = ContextVar("mailer_db_read_only", default=False)
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url)
+        # PostgreSQL (psycopg 3): room for every worker's connection as for SQLite below,
+        # and a ping before reuse, so a server restart costs a reconnect, not an error.
+        try:
+            return create_engine(url, pool_size=5, max_overflow=100, pool_pre_ping=True)
+        except (ImportError, NoSuchModuleError) as exc:
+            raise ConfigError(
+                f"database.url {parsed.render_as_string()!r}: no driver for it ({exc}); "
+                "for PostgreSQL use postgresql+psycopg://"
+            ) from None
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # Each SMTP connection's worker keeps a database connection for the whole run, beside

@@ -1,9 +1,11 @@
-"""Shared fixtures: a config in a temporary folder, a real SQLite file, a real SMTP server."""
+"""Shared fixtures: a config in a temporary folder, a real database (an SQLite file, and a
+throw-away PostgreSQL database: see tests/databases.py), a real SMTP server."""
 
 from __future__ import annotations
 
 import os
 import re
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,48 @@ from click.testing import CliRunner, Result
 from mailer.cli import cli
 from mailer.config import Config, load_config
 from mailer.db import Database
+from tests import databases
 from tests.smtp_server import SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): the test is about SQLite itself (its file, its locks)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`database_url` runs each test on SQLite and on PostgreSQL (SQLite only when marked)."""
+    if "database_url" in metafunc.fixturenames:
+        kinds = (
+            ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else ["sqlite", "postgresql"]
+        )
+        metafunc.parametrize("database_url", kinds, indirect=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not databases.unreachable.cache_info().currsize or not databases.unreachable():
+        databases.drop_template()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mailer.db'}"
+        return
+    reason = databases.unreachable()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI must test PostgreSQL: see README, Development)")
+        pytest.skip(reason)
+    name = databases.create()
+    try:
+        yield databases.url_of(name)
+    finally:
+        databases.drop(name)
 
 
 @pytest.fixture(autouse=True)
@@ -35,14 +75,18 @@ def smtp_server() -> Iterator[SmtpServer]:
     server.stop()
 
 
-def write_config(folder: Path, smtp_port: int = 2525, **sections: dict[str, Any]) -> Path:
-    """The repository's config.toml with the test's paths and ports, plus overrides.
+def write_config(
+    folder: Path, smtp_port: int = 2525, database_url: str = "", **sections: dict[str, Any]
+) -> Path:
+    """The repository's config.toml with the test's paths and ports, plus overrides; the
+    database is `database_url`, else the one of the config already in `folder` (a test
+    that rewrites its config keeps its database), else an SQLite file in `folder`.
 
     `sections` maps a section name to {key: value}; values are written as TOML literals
     via repr-like quoting (strings, numbers, booleans, lists of strings)."""
     text = (ROOT / "config.toml").read_text(encoding="utf-8")
     overrides: dict[str, dict[str, Any]] = {
-        "database": {"url": f"sqlite:///{folder / 'mailer.db'}"},
+        "database": {"url": database_url or _database_of(folder) or f"sqlite:///{folder / 'mailer.db'}"},
         "smtp": {"port": smtp_port},
         "catcher": {"enabled": False, "folder": str(folder / "mail")},
         "web": {"port": 0},
@@ -59,6 +103,13 @@ def write_config(folder: Path, smtp_port: int = 2525, **sections: dict[str, Any]
     path = folder / "config.toml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def _database_of(folder: Path) -> str:
+    existing = folder / "config.toml"
+    if not existing.exists():
+        return ""
+    return str(tomllib.loads(existing.read_text(encoding="utf-8")).get("database", {}).get("url", ""))
 
 
 def _toml(value: Any) -> str:
@@ -90,8 +141,8 @@ def _set_key(text: str, section: str, key: str, value: Any) -> str:
 
 
 @pytest.fixture
-def config_path(tmp_path: Path, smtp_server: SmtpServer) -> Path:
-    return write_config(tmp_path, smtp_port=smtp_server.port)
+def config_path(tmp_path: Path, smtp_server: SmtpServer, database_url: str) -> Path:
+    return write_config(tmp_path, smtp_port=smtp_server.port, database_url=database_url)
 
 
 @pytest.fixture

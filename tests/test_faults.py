@@ -204,11 +204,11 @@ def test_retry_command_puts_failed_deliveries_back_in_the_queue(seeded, cfg, smt
 
 
 def test_kill_9_at_random_moments_loses_nobody_and_duplicates_at_most_the_messages_in_flight(
-    tmp_path, smtp_server
+    tmp_path, smtp_server, database_url
 ):
     """Ten kill -9s at random points of one send, restarting each time, then a clean finish.
     Each restart takes over when the killed run's lease runs out (3 s here)."""
-    config_path = write_config(tmp_path, smtp_server.port, delivery={"lease_seconds": 3})
+    config_path = write_config(tmp_path, smtp_server.port, database_url, delivery={"lease_seconds": 3})
     recipients = 400
     cfg = populate(config_path, recipients)
     smtp_server.handler.delay = 0.004

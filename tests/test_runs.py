@@ -136,8 +136,8 @@ def _send_now(config, wrap: list[str] | None = None) -> subprocess.Popen:
     )
 
 
-def test_two_senders_on_one_digest_share_it_and_mail_everyone_once(tmp_path, smtp_server):
-    config = write_config(tmp_path, smtp_server.port)
+def test_two_senders_on_one_digest_share_it_and_mail_everyone_once(tmp_path, smtp_server, database_url):
+    config = write_config(tmp_path, smtp_server.port, database_url)
     populate(config, 400)
     smtp_server.handler.delay = 0.05  # 4 connections: about 80 messages/s, 5 s in all
     first = _send_now(config)
@@ -157,9 +157,11 @@ def test_two_senders_on_one_digest_share_it_and_mail_everyone_once(tmp_path, smt
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare")
-def test_a_sender_killed_in_a_pid_namespace_is_replaced_when_started_the_same_way(tmp_path, smtp_server):
+def test_a_sender_killed_in_a_pid_namespace_is_replaced_when_started_the_same_way(
+    tmp_path, smtp_server, database_url
+):
     lease = 5
-    config = write_config(tmp_path, smtp_server.port, delivery={"lease_seconds": lease})
+    config = write_config(tmp_path, smtp_server.port, database_url, delivery={"lease_seconds": lease})
     populate(config, 60)
     smtp_server.handler.delay = 0.05
     # What a container is: its own PID namespace, where mailer is PID 1 every time.
