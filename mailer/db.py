@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer.errors import ConfigError
+from mailer.errors import ConfigError, database_where
 
 BUSY_TIMEOUT_MS = 30_000
 # The newest Alembic revision (tests/test_db.py checks it against migrations/). Knowing it
@@ -121,8 +121,15 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent)."""
-        if self.revision() == HEAD_REVISION:
+        current = self.revision()
+        if current == HEAD_REVISION:
             return
+        if current is not None and current not in known_revisions():
+            # Another mailer's schema: upgrading would fail, and writing to it could lose data.
+            raise ConfigError(
+                f"database {database_where(self.url)}: its schema is revision {current}, made by a "
+                f"newer mailer (this one knows up to {HEAD_REVISION}): upgrade mailer to use it"
+            )
         from alembic import command
 
         cfg = alembic_config(self.url)
@@ -132,6 +139,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def known_revisions() -> set[str]:
+    """The revisions this mailer's migrations know (their files are named after them)."""
+    folder = resources.files("mailer.migrations.versions")
+    return {entry.name.split("_", 1)[0] for entry in folder.iterdir() if entry.name[:4].isdigit()}
 
 
 def alembic_config(url: str) -> Any:
