@@ -36,13 +36,14 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 from waitress.server import create_server
 
 from mailer import campaign, demo, progress
 from mailer.catcher import MailCatcher
 from mailer.config import Config, ConfigInForce, load_config
 from mailer.db import Database
-from mailer.errors import MailerError
+from mailer.errors import MailerError, database_problem, is_dbapi_error
 from mailer.models import utcnow
 from mailer.scheduler import Schedule
 from mailer.web.access import editor_mode
@@ -228,8 +229,13 @@ class Service:
                         log.error("digest #%s: %s", summary.issue, summary.stopped)
         except MailerError as exc:
             log.error("%s", exc)
-        except Exception:
-            log.exception("scheduled run failed; it is retried at the next tick")
+        except Exception as exc:
+            if isinstance(exc, SQLAlchemyError) or is_dbapi_error(exc):
+                # The database is down or restarting: one line, and the next tick (every
+                # minute) tries again; the pool reconnects once it is back.
+                log.error("%s; retried at the next tick", database_problem(exc, self.db.url))
+            else:
+                log.exception("scheduled run failed; it is retried at the next tick")
         finally:
             self._lock.release()
 

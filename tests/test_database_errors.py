@@ -88,3 +88,35 @@ def test_a_schema_made_by_a_newer_mailer_is_refused_with_one_line(tmp_path, data
     line = one_line(mailer(config, "subscribers", "list"))
     assert "its schema is revision 0999, made by a newer mailer" in line
     assert "upgrade mailer to use it" in line
+
+
+def test_the_service_waits_for_a_database_that_is_not_there_yet(tmp_path, reachable):
+    """`mailer serve` outlives a database that is down at start: one line per attempt,
+    then it serves as soon as the database is there."""
+    import os
+    import signal
+
+    from psycopg import sql
+
+    name = f"{databases.PREFIX}late"
+    config = write_config(tmp_path, database_url=databases.url_of(name), web={"port": free_port()})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "--config", str(config), "serve"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        first = proc.stderr.readline()
+        assert f'database "{name}" does not exist; trying again in 1 s' in first, first
+        with databases._connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        assert "mailer is running" in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+        databases.drop(name)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err

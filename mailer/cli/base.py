@@ -62,8 +62,13 @@ class App:
     @property
     def db(self) -> Database:
         if self._db is None:
-            self._db = Database(self.cfg.database_url)
-            self._db.migrate()
+            db = Database(self.cfg.database_url)
+            try:
+                db.migrate()
+            except BaseException:
+                db.dispose()  # a caller may try again (mailer serve waits for its database)
+                raise
+            self._db = db
         return self._db
 
 

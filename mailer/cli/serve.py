@@ -1,15 +1,17 @@
-"""Setting up and running: init, serve, schedule."""
+"""Setting up and running: init, serve (`schedule` is in mailer.cli.schedule)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from mailer import demo
 from mailer.cli.base import App, cli, command
-from mailer.models import utcnow
-from mailer.scheduler import Schedule
+from mailer.errors import database_problem
 
 
 @command(cli, "init")
@@ -35,6 +37,7 @@ def serve_cmd(app: App, with_demo: bool) -> None:
     from mailer import service
 
     logging.getLogger().setLevel(logging.INFO)
+    wait_for_database(app)
     if with_demo:
         new = demo.is_new(app.cfg)
         for line in demo.load(app.db, app.cfg, new):
@@ -42,14 +45,19 @@ def serve_cmd(app: App, with_demo: bool) -> None:
     service.serve(app.db, app.cfg)
 
 
-@command(cli, "schedule")
-@click.option("--count", default=5, show_default=True, type=click.IntRange(1, 100))
-def schedule_cmd(app: App, count: int) -> None:
-    """Print the next send times in the configured time zone."""
-    cfg = app.cfg
-    schedule = Schedule.of(cfg)
-    click.echo(f"schedule: {cfg.schedule.cron} ({cfg.schedule.timezone})")
-    for slot in schedule.next_slots(utcnow(), count):
-        click.echo(
-            f"  {slot.local(cfg.schedule.timezone):%a %Y-%m-%d %H:%M %Z}  ({slot.at:%Y-%m-%d %H:%M} UTC)"
-        )
+DATABASE_BACKOFF_SECONDS = [1, 2, 5, 10, 30]
+
+
+def wait_for_database(app: App) -> None:
+    """A service outlives its database's restarts: while the server cannot be reached it
+    logs one line and tries again with back-off (a command would exit instead). Problems
+    a retry cannot fix (a bad URL, no driver, a schema from a newer mailer) still stop it."""
+    log = logging.getLogger("mailer.service")
+    for attempt in itertools.count():
+        try:
+            app.db  # noqa: B018 (connects and migrates)
+            return
+        except (SQLAlchemyError, OSError) as exc:
+            wait = DATABASE_BACKOFF_SECONDS[min(attempt, len(DATABASE_BACKOFF_SECONDS) - 1)]
+            log.error("%s; trying again in %s s", database_problem(exc, app.cfg.database_url), wait)
+            time.sleep(wait)
