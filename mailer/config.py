@@ -326,8 +326,46 @@ class Config:
         self.path = path
         self.root = path.parent.resolve() if path else Path.cwd()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.settings, name)
+    # The sections, typed (a __getattr__ passing through to settings would erase the types).
+    @property
+    def database(self) -> DatabaseConfig:
+        return self.settings.database
+
+    @property
+    def smtp(self) -> SmtpConfig:
+        return self.settings.smtp
+
+    @property
+    def catcher(self) -> CatcherConfig:
+        return self.settings.catcher
+
+    @property
+    def schedule(self) -> ScheduleConfig:
+        return self.settings.schedule
+
+    @property
+    def digest(self) -> DigestConfig:
+        return self.settings.digest
+
+    @property
+    def delivery(self) -> DeliveryConfig:
+        return self.settings.delivery
+
+    @property
+    def web(self) -> WebConfig:
+        return self.settings.web
+
+    @property
+    def articles(self) -> ArticlesConfig:
+        return self.settings.articles
+
+    @property
+    def dkim(self) -> DkimConfig:
+        return self.settings.dkim
+
+    @property
+    def themes(self) -> list[ThemeConfig]:
+        return self.settings.themes
 
     def resolve(self, value: str) -> Path:
         """A path from the config, relative to the config file's folder."""
