@@ -1,28 +1,39 @@
 """The digest: choosing articles, building one per schedule slot, rendering it once.
 
 Building is one short transaction: the digest row (unique per slot), the articles
-reserved for it and the frozen audience (one delivery row per active subscriber). The
-HTML (CSS inlined once by premailer) and the text part are stored on the digest, so a
-send resumed after a crash mails exactly what the first attempt mailed.
+reserved for it, the editor's note for it and the frozen audience (one delivery row per
+active subscriber). The HTML (CSS inlined once by premailer) and the text part are stored
+on the digest, so a send resumed after a crash mails exactly what the first attempt mailed.
+
+The editor's note (Markdown): at most one waits for the next issue. The build attaches
+it to the digest it builds (it is then that issue's note, and the next issue has none
+until one is set), so it appears in exactly one issue; a slot skipped for want of
+articles leaves it waiting. It is rendered with markdown-it-py with raw HTML off (any
+`<` in it is text), no images (remote content in a mail tracks its reader) and only
+absolute http(s) and mailto: links (anything else stays text), so the note can put
+nothing in a mail but paragraphs, emphasis, lists, quotes, code and safe links.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import textwrap
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from sqlalchemy import func, insert, literal, select, update
+from markupsafe import Markup
+from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from mailer.articles import is_http_url
 from mailer.config import Config
 from mailer.db import Database
 from mailer.errors import InputError
-from mailer.models import Article, Delivery, Digest, Subscriber, UTCDateTime, utcnow
+from mailer.models import Article, Delivery, Digest, EditorNote, Subscriber, UTCDateTime, utcnow
 from mailer.scheduler import Schedule, Slot
 from mailer.themes import Themes
 
@@ -33,6 +44,15 @@ log = logging.getLogger(__name__)
 # escaping nor premailer nor URL handling can alter it.
 UNSUBSCRIBE_PLACEHOLDER = "MAILER_UNSUBSCRIBE_URL_7f3a9c"
 PREVIEW_UNSUBSCRIBE = "/unsubscribe/preview"
+
+# Digest statuses.
+SENDING = "sending"
+SENT = "sent"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+NOTE_MAX_CHARS = 10_000
+TEXT_WIDTH = 72
 
 
 def lead_of(paragraphs: list[str], max_chars: int) -> str:
@@ -61,6 +81,9 @@ class Content:
     preheader: str
     sections: list[Section]
     article_count: int
+    # The editor's note: safe HTML (note_html) and plain text wrapped at 72 (note_text).
+    note_html: Markup = field(default_factory=Markup)
+    note_text: str = ""
 
 
 def template_environment(cfg: Config) -> Environment:
@@ -92,7 +115,7 @@ class Renderer:
             return article.url
         return f"{self.cfg.digest.base_url}/articles/{article.id}"
 
-    def content(self, articles: list[Article], issue: int, when: datetime) -> Content:
+    def content(self, articles: list[Article], issue: int, when: datetime, note: str = "") -> Content:
         d = self.cfg.digest
         by_theme: dict[str, Section] = {}
         for a in sorted(articles, key=lambda a: (self.themes.order(a.theme), a.imported_at, a.id)):
@@ -118,7 +141,9 @@ class Renderer:
         preheader = f"{len(articles)} stories this week: " + "; ".join(
             s.articles[0]["title"] for s in sections[:3]
         )
-        return Content(issue, date, subject, preheader, sections, len(articles))
+        return Content(
+            issue, date, subject, preheader, sections, len(articles), note_html(note), note_text(note)
+        )
 
     def _context(self, content: Content, unsubscribe_url: str) -> dict[str, Any]:
         d = self.cfg.digest
@@ -221,6 +246,128 @@ def _unsent(s: Session, limit: int, themes: Themes) -> list[Article]:
     return sorted(rows, key=lambda a: (themes.order(a.theme), a.imported_at, a.id))
 
 
+def _next_note(s: Session) -> EditorNote | None:
+    return s.scalar(select(EditorNote).where(EditorNote.digest_id.is_(None)))
+
+
+def set_note(db: Database, markdown: str) -> str:
+    """The editor's note for the next issue (replacing any); the note as stored."""
+    markdown = markdown.replace("\r\n", "\n").strip()
+    if not markdown:
+        raise InputError("the note is empty (mailer digest note --clear removes it)")
+    if len(markdown) > NOTE_MAX_CHARS:
+        raise InputError(f"the note is longer than {NOTE_MAX_CHARS} characters")
+    with db.session() as s:
+        s.execute(delete(EditorNote).where(EditorNote.digest_id.is_(None)))
+        s.add(EditorNote(markdown=markdown, set_at=utcnow()))
+    return markdown
+
+
+def next_note(db: Database) -> str:
+    """The note waiting for the next issue, "" when there is none."""
+    with db.reader() as s:
+        note = _next_note(s)
+        return note.markdown if note else ""
+
+
+def clear_note(db: Database) -> bool:
+    """Remove the note for the next issue; whether there was one."""
+    with db.session() as s:
+        return bool(s.execute(delete(EditorNote).where(EditorNote.digest_id.is_(None))).rowcount)
+
+
+def _safe_link(url: str) -> bool:
+    """The only links a note may carry (markdown-it leaves any other as plain text)."""
+    if url.startswith("mailto:"):
+        address = url.removeprefix("mailto:")
+        return bool(re.fullmatch(r"[^\s@<>\"]+@[^\s@<>\"]+", address))
+    return is_http_url(url)
+
+
+def _markdown() -> Any:
+    from markdown_it import MarkdownIt  # comes with rich; loaded only to render
+
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    md.disable("image")
+    md.validateLink = _safe_link
+    return md
+
+
+def note_html(markdown: str) -> Markup:
+    """The note as HTML: markdown-it-py's output with raw HTML escaped, no images, and safe
+    links only (see the module docstring); empty for no note."""
+    return Markup(_markdown().render(markdown) if markdown.strip() else "")
+
+
+def note_text(markdown: str, width: int = TEXT_WIDTH) -> str:
+    """The note as plain text for the text part: paragraphs, headings and list items
+    wrapped at `width` between words, a link as "text (url)", code blocks as they are,
+    quotes prefixed with "> "; blocks separated by a blank line, the items of one list by
+    none."""
+    if not markdown.strip():
+        return ""
+    blocks: list[tuple[str, int]] = []  # (text, the list it is an item of, or -1)
+    lists: list[list[Any]] = []  # per open list: [ordered, next number, its token's index]
+    quote = ""
+    marker = ""  # the marker of a list item whose first block is still to come
+    for index, token in enumerate(_markdown().parse(markdown)):
+        indent = quote + "   " * max(len(lists) - 1, 0)
+        if token.type == "blockquote_open":
+            quote += "> "
+        elif token.type == "blockquote_close":
+            quote = quote[:-2]
+        elif token.type in ("bullet_list_open", "ordered_list_open"):
+            lists.append([token.type == "ordered_list_open", int(token.attrGet("start") or 1), index])
+        elif token.type in ("bullet_list_close", "ordered_list_close"):
+            lists.pop()
+        elif token.type == "list_item_open":
+            ordered, number, _ = lists[-1]
+            marker = f"{number}. " if ordered else "- "
+            lists[-1][1] = number + 1
+        elif token.type == "inline":
+            first = indent + marker
+            rest = indent + " " * len(marker) if lists else indent
+            text = textwrap.fill(
+                _inline_text(token.children or []),
+                width,
+                initial_indent=first,
+                subsequent_indent=rest,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            blocks.append((text, lists[-1][2] if lists else -1))
+            marker = ""
+        elif token.type in ("fence", "code_block"):
+            lines = token.content.rstrip("\n").split("\n")
+            blocks.append(("\n".join((indent + "    " + ln).rstrip() for ln in lines), -1))
+        elif token.type == "hr":
+            blocks.append((indent + "* * *", -1))
+    out = ""
+    for i, (text, in_list) in enumerate(blocks):
+        if i:
+            out += "\n" if in_list >= 0 and in_list == blocks[i - 1][1] else "\n\n"
+        out += text
+    return out
+
+
+def _inline_text(children: list[Any]) -> str:
+    parts: list[str] = []
+    links: list[tuple[str, int]] = []  # (href, where its text starts in parts)
+    for child in children:
+        if child.type in ("text", "code_inline"):
+            parts.append(child.content)
+        elif child.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+        elif child.type == "link_open":
+            links.append((str(child.attrGet("href") or ""), len(parts)))
+        elif child.type == "link_close" and links:
+            href, start = links.pop()
+            shown = "".join(parts[start:])
+            if href.removeprefix("mailto:") != shown:
+                parts.append(f" ({href})")
+    return "".join(parts)
+
+
 @dataclass
 class Preview:
     subject: str
@@ -237,11 +384,13 @@ def preview(db: Database, cfg: Config, now: datetime | None = None) -> Preview |
     with db.session() as s:
         articles = _unsent(s, cfg.digest.max_articles, renderer.themes)
         issue = (s.scalar(select(func.max(Digest.issue_number))) or 0) + 1
+        note = _next_note(s)
     if not articles:
         return None
     schedule = Schedule.of(cfg)
     upcoming = schedule.next_slots(now, 1)
-    content = renderer.content(articles, issue, upcoming[0].at if upcoming else now)
+    when = upcoming[0].at if upcoming else now
+    content = renderer.content(articles, issue, when, note.markdown if note else "")
     unsubscribe = cfg.digest.base_url + PREVIEW_UNSUBSCRIBE
     return Preview(
         content.subject,
@@ -279,15 +428,16 @@ def build(db: Database, cfg: Config, slot: Slot, record_skip: bool = True) -> Di
             if not record_skip:
                 raise InputError(f"no digest: {note.removeprefix('skipped: ')}")
             log.info("slot %s: %s", slot.key, note)
-            digest = Digest(slot_key=slot.key, slot_at=slot.at, status="skipped", note=note)
+            digest = Digest(slot_key=slot.key, slot_at=slot.at, status=SKIPPED, note=note)
             s.add(digest)
             return digest
         issue = (s.scalar(select(func.max(Digest.issue_number))) or 0) + 1
-        content = renderer.content(articles, issue, slot.at)
+        editor_note = _next_note(s)
+        content = renderer.content(articles, issue, slot.at, editor_note.markdown if editor_note else "")
         digest = Digest(
             slot_key=slot.key,
             slot_at=slot.at,
-            status="sending",
+            status=SENDING,
             issue_number=issue,
             subject=content.subject,
             html=renderer.html(content),
@@ -296,6 +446,8 @@ def build(db: Database, cfg: Config, slot: Slot, record_skip: bool = True) -> Di
         s.add(digest)
         s.flush()
         s.execute(update(Article).where(Article.id.in_([a.id for a in articles])).values(digest_id=digest.id))
+        if editor_note is not None:
+            editor_note.digest_id = digest.id  # this issue's note now; the next has none yet
         # Freeze the audience in one statement: fast even for 100,000 subscribers.
         s.execute(
             insert(Delivery).from_select(

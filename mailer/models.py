@@ -126,6 +126,20 @@ class Digest(Base):
     articles: Mapped[list[Article]] = relationship(back_populates="digest")
 
 
+class EditorNote(Base):
+    """The editor's note (Markdown) for an issue. At most one row has no digest: the note
+    for the next issue (mailer.digest.set_note replaces it in one transaction). Building a
+    digest attaches that row to it in the same transaction as the articles it reserves, so
+    the note is used by exactly one issue and the next one starts without a note."""
+
+    __tablename__ = "editor_notes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    markdown: Mapped[str] = mapped_column(Text)
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    digest_id: Mapped[int | None] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"), unique=True)
+
+
 class Delivery(Base):
     """One row per (digest, subscriber): the audience is frozen when the digest is built."""
 

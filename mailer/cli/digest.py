@@ -1,4 +1,4 @@
-"""`mailer digest`: preview, send, list, status and retry digests."""
+"""`mailer digest`: the editor's note, preview, send, list, status and retry digests."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from rich.text import Text
 
 from mailer import campaign, delivery, progress
 from mailer import digest as digests
+from mailer.articles import read_regular_file
 from mailer.cli.base import App, Listing, _json, _when, cli, command, listing
 from mailer.errors import InputError
 from mailer.models import utcnow
@@ -24,6 +25,35 @@ from mailer.models import utcnow
 @cli.group()
 def digest() -> None:
     """Preview, send and inspect digests."""
+
+
+@command(digest, "note")
+@click.argument("text", required=False)
+@click.option("--file", "note_file", type=click.Path(dir_okay=False), help="Read it from a Markdown file.")
+@click.option("--clear", is_flag=True, help="Remove the note for the next issue.")
+def digest_note(app: App, text: str | None, note_file: str | None, clear: bool) -> None:
+    """The editor's note (Markdown) at the top of the next issue; without arguments, show it.
+
+    The note goes into the next digest built, and only that one."""
+    from mailer.parsing import decode
+
+    if sum((text is not None, note_file is not None, clear)) > 1:
+        raise InputError("give one of TEXT, --file FILE or --clear")
+    if clear:
+        removed = digests.clear_note(app.db)
+        click.echo("note for the next issue removed" if removed else "there was no note for the next issue")
+        return
+    if note_file is not None:
+        try:
+            text = decode(read_regular_file(Path(note_file)))
+        except InputError as exc:
+            raise InputError(f"{note_file}: {exc}") from None
+    if text is None:
+        note = digests.next_note(app.db)
+        click.echo(note if note else "no note for the next issue")
+        return
+    note = digests.set_note(app.db, text)
+    click.echo(f"note for the next issue set ({len(note)} characters); `mailer digest preview` shows it")
 
 
 @command(digest, "preview")
