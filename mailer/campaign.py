@@ -66,5 +66,5 @@ def send_now(
     now, here or on other hosts), or build one for this moment. The editor asked for it
     now, so a back-off from an earlier failed run is ignored."""
     if not digests.unfinished(db):
-        digests.build(db, cfg, digests.manual_slot(now), record_skip=False)
+        digests.build(db, cfg, digests.manual_slot(now), record_skip=False, manual=True)
     return deliver_unfinished(db, cfg, stop, on_progress, ignore_backoff=True)

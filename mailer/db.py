@@ -141,6 +141,15 @@ class Database:
         self.engine.dispose()
 
 
+def serialise(s: Session, name: str) -> None:
+    """Make the rest of this transaction exclusive among all processes that ask for the
+    same `name`. SQLite needs nothing: every writing transaction already holds its single
+    write lock (BEGIN IMMEDIATE). PostgreSQL takes a transaction-level advisory lock,
+    released at commit or rollback, so a check-then-insert cannot race."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"mailer:{name}"})
+
+
 def known_revisions() -> set[str]:
     """The revisions this mailer's migrations know (their files are named after them)."""
     folder = resources.files("mailer.migrations.versions")

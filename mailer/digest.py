@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from mailer.articles import is_http_url
 from mailer.config import Config
-from mailer.db import Database
+from mailer.db import Database, serialise
 from mailer.errors import InputError
 from mailer.models import Article, Delivery, Digest, EditorNote, Subscriber, UTCDateTime, utcnow
 from mailer.scheduler import Schedule, Slot
@@ -401,18 +401,27 @@ def preview(db: Database, cfg: Config, now: datetime | None = None) -> Preview |
     )
 
 
-def build(db: Database, cfg: Config, slot: Slot, record_skip: bool = True) -> Digest | None:
-    """Create the digest for `slot` unless that slot already has one (then None).
+def build(
+    db: Database, cfg: Config, slot: Slot, record_skip: bool = True, manual: bool = False
+) -> Digest | None:
+    """Create the digest for `slot` unless that slot already has one (then None); with
+    `manual` (`digest send --now`), also unless any digest is still being delivered: the
+    caller then joins that one.
 
     Too few unsent articles: a `skipped` digest records that the slot was handled (so a
     restart does not reconsider it), or, for a manual send, an InputError says why.
 
-    Two services racing for the same slot are serialised by BEGIN IMMEDIATE and the
-    unique slot_key: the second one finds the row and does nothing.
+    Builds are serialised across processes and hosts (db.serialise: SQLite's write lock,
+    PostgreSQL's advisory lock), so of services racing for the same slot, or editors
+    pressing send on two hosts, the second one finds the first's row and does nothing; the
+    unique slot_key and issue_number stand behind that.
     """
     renderer = Renderer(cfg)
     with db.session() as s:
+        serialise(s, "build")
         if s.scalar(select(Digest.id).where(Digest.slot_key == slot.key)) is not None:
+            return None
+        if manual and s.scalar(select(Digest.id).where(Digest.status == SENDING).limit(1)) is not None:
             return None
         articles = _unsent(s, cfg.digest.max_articles, renderer.themes)
         audience = s.scalar(select(func.count()).where(Subscriber.status == "active")) or 0

@@ -186,3 +186,16 @@ def test_a_sender_killed_in_a_pid_namespace_is_replaced_when_started_the_same_wa
     mailed = _mailed(smtp_server)
     assert len(mailed) == 60, "somebody was skipped"
     assert sum(n - 1 for n in mailed.values()) <= 4  # at most one per connection
+
+
+def test_the_relays_hourly_quota_holds_for_every_run_together(tmp_path, smtp_server, database_url):
+    config = write_config(
+        tmp_path, smtp_server.port, database_url, smtp={"max_per_hour": 25, "connections": 2}
+    )
+    populate(config, 80)
+    smtp_server.handler.delay = 0.05
+    senders = [_send_now(config), _send_now(config)]
+    outs = [p.communicate(timeout=120) for p in senders]
+    assert [p.returncode for p in senders] == [0, 0], outs
+    assert len(smtp_server.received) == 25, outs
+    assert all("hourly quota used up" in out for out, _ in outs), outs

@@ -51,7 +51,7 @@ from sqlalchemy import func, select
 
 from mailer import digest as digests
 from mailer.config import Config
-from mailer.db import Database
+from mailer.db import Database, serialise
 from mailer.delivery import queue
 from mailer.delivery.pacing import ConnectionSlots, RateLimiter
 from mailer.dkim import DkimSigner
@@ -391,14 +391,20 @@ class Deliverer:
     # ------------------------------------------------------------------ database work
 
     def _claim(self, summary: RunSummary) -> tuple[list[_Job], int]:
+        now = utcnow()
+        limit = CLAIM_PER_CONNECTION * self.cfg.smtp.connections
         with self.db.session() as s:
+            if self.cfg.smtp.max_per_hour:
+                # The relay's hourly quota holds for every run together: never claim more
+                # than what it has left (sent in the last hour and in flight anywhere count).
+                serialise(s, "hourly-quota")  # one claim at a time reads and takes it
+                left, frees_at = queue.hourly_quota_left(s, self.cfg.smtp.max_per_hour, now)
+                if left <= 0:
+                    self.limiter.quota_reset = frees_at.timestamp()
+                    return [], 0
+                limit = min(limit, left)
             claimed, skipped, elsewhere = queue.claim(
-                s,
-                summary.digest_id,
-                self.owner,
-                utcnow(),
-                self.lease,
-                CLAIM_PER_CONNECTION * self.cfg.smtp.connections,
+                s, summary.digest_id, self.owner, now, self.lease, limit
             )
         summary.skipped += skipped
         jobs = [

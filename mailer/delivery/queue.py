@@ -277,6 +277,18 @@ def release(
     return by_status, d.status != "sending"
 
 
+def hourly_quota_left(s: Session, per_hour: int, now: datetime) -> tuple[int, datetime]:
+    """How many more messages the relay's hourly quota allows now, counting every run
+    (sent in the last hour, and in flight), and when the oldest of those frees up."""
+    since = now - timedelta(hours=1)
+    sent, oldest = s.execute(
+        select(func.count(), func.min(Delivery.sent_at)).where(Delivery.sent_at > since)
+    ).one()
+    in_flight = s.scalar(select(func.count()).where(Delivery.status == DeliveryStatus.SENDING)) or 0
+    frees_at = (oldest or now) + timedelta(hours=1)
+    return per_hour - int(sent or 0) - int(in_flight), frees_at
+
+
 def counts(s: Session, digest_id: int) -> dict[str, int]:
     rows = s.execute(
         select(Delivery.status, func.count()).where(Delivery.digest_id == digest_id).group_by(Delivery.status)
