@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: run test install install-test system-deps email-check lint bench clean
+.PHONY: run test test-sqlite postgres install install-test system-deps email-check lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,22 @@ email-check:
 
 test: install-test system-deps email-check lint
 	$(BIN)/pytest
+
+# The SQLite half of the tests alone (no PostgreSQL needed).
+test-sqlite: install-test system-deps email-check lint
+	$(BIN)/pytest -k "not postgresql"
+
+# A local PostgreSQL for the tests (Debian/Ubuntu): installed, started, trust auth on loopback.
+postgres:
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	command -v pg_ctlcluster >/dev/null 2>&1 || { $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }; \
+	v=$$(ls /etc/postgresql | sort -V | tail -1); \
+	hba=/etc/postgresql/$$v/main/pg_hba.conf; \
+	grep -q '^host all all 127.0.0.1/32 trust' $$hba || \
+	  $$SUDO sed -i '1i host all all 127.0.0.1/32 trust' $$hba; \
+	$$SUDO pg_ctlcluster --skip-systemctl-redirect $$v main start 2>/dev/null || \
+	  $$SUDO pg_ctlcluster --skip-systemctl-redirect $$v main reload
 
 bench: install-test
 	$(BIN)/python bench/delivery.py
