@@ -47,8 +47,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-
 from mailer import digest as digests
 from mailer.config import Config
 from mailer.db import Database, serialise
@@ -57,7 +55,7 @@ from mailer.delivery.pacing import ConnectionSlots, RateLimiter
 from mailer.dkim import DkimSigner
 from mailer.errors import MailerError
 from mailer.message import MessageTemplate, Recipient
-from mailer.models import Delivery, Digest, Subscriber, utcnow
+from mailer.models import Digest, Subscriber, utcnow
 from mailer.smtp import Outcome, Result, SmtpBusy, SmtpConnection, SmtpFatal
 from mailer.subscribers import set_status
 from mailer.tokens import Tokens, load_secret
@@ -142,16 +140,11 @@ class Deliverer:
         self.owner = queue.new_owner()
         self.lease = timedelta(seconds=cfg.delivery.lease_seconds)
         self.tokens = Tokens(load_secret(cfg.var_dir))
-        self.limiter = RateLimiter(cfg.smtp.max_per_second, cfg.smtp.max_per_hour, self._sent_last_hour())
+        self.limiter = RateLimiter(cfg.smtp.max_per_second)
+        # Set when smtp.max_per_hour is used up: the epoch time it frees up again.
+        self.quota_reset: float | None = None
         # Loaded and checked once: a bad key refuses the run before anything is sent.
         self.signer = DkimSigner.from_config(cfg)
-
-    def _sent_last_hour(self) -> int:
-        if not self.cfg.smtp.max_per_hour:
-            return 0
-        with self.db.session() as s:
-            since = utcnow() - timedelta(hours=1)
-            return s.scalar(select(func.count()).where(Delivery.sent_at > since)) or 0
 
     # ------------------------------------------------------------------ the run
 
@@ -179,6 +172,7 @@ class Deliverer:
                 summary.stopped = d.last_error
                 return summary, None
             queue.join(s, digest_id, self.owner, now, self.lease)
+            self.limiter.share(len(queue.runs(s, digest_id, now)))
             if now - (d.retried_at or d.created_at) > digests.give_up_age(self.cfg):
                 queue.give_up(s, digest_id, self.cfg.delivery.give_up_hours, now)
             return summary, MessageTemplate(self.cfg, d.id, d.subject, d.html, d.text)
@@ -195,15 +189,15 @@ class Deliverer:
         except BaseException as exc:
             error = exc
         summary.seconds = time.monotonic() - started
-        if self.limiter.quota_reset is not None:
-            summary.quota_until = datetime.fromtimestamp(self.limiter.quota_reset, UTC)
+        if self.quota_reset is not None:
+            summary.quota_until = datetime.fromtimestamp(self.quota_reset, UTC)
         try:
             queue.patiently(self.db.url, self.stop, self._release, summary)
         except MailerError:
             if error is None:
                 raise
-            # The run's own error says more. Unreleased, its lease runs out and the next
-            # run takes over, so nothing is lost.
+            # The run's own error says more. Unreleased, its heartbeat runs out and another
+            # run takes its rows, so nothing is lost.
         if error is not None:
             raise error
         return summary
@@ -263,10 +257,8 @@ class Deliverer:
                     continue
                 if not isinstance(job, _Job):
                     return
-                if not self.limiter.acquire(halt):
+                if not self.limiter.acquire(halt):  # halted while waiting for its turn
                     shared.give_back(job)  # never sent: re-queued when the run ends
-                    if self.limiter.quota_reset is not None:
-                        halt.set()  # hourly quota used up: every connection stops
                     return
                 active = self._guard_db(
                     shared,
@@ -400,7 +392,7 @@ class Deliverer:
                 serialise(s, "hourly-quota")  # one claim at a time reads and takes it
                 left, frees_at = queue.hourly_quota_left(s, self.cfg.smtp.max_per_hour, now)
                 if left <= 0:
-                    self.limiter.quota_reset = frees_at.timestamp()
+                    self.quota_reset = frees_at.timestamp()
                     return [], 0
                 limit = min(limit, left)
             claimed, skipped, elsewhere = queue.claim(

@@ -3,8 +3,7 @@ connection limit.
 
 * `RateLimiter`: smtp.max_per_second is paced evenly (one message every 1/limit s, 2% to
   spare), because a burst-then-wait window lets completion jitter put more than the limit
-  into some one-second window as the relay sees it. smtp.max_per_hour is a moving window
-  (`limits`) that also counts what earlier runs sent in the last hour.
+  into some one-second window as the relay sees it.
 * `ConnectionSlots`: a relay may refuse connections beyond its own limit with a 4xx
   greeting ("421 4.7.0 too many connections"). The run goes on with the connections it
   has, learns the relay's limit (how many were open or opening when it refused) and keeps
@@ -18,8 +17,6 @@ from __future__ import annotations
 import threading
 import time
 
-from limits import RateLimitItemPerHour, storage, strategies
-
 # Seconds between attempts of a connection the relay refused.
 BUSY_BACKOFF = [2.0, 5.0, 10.0, 20.0, 30.0]
 # How long a run keeps trying when the relay refuses every connection.
@@ -27,19 +24,15 @@ BUSY_PATIENCE = 60.0
 
 
 class RateLimiter:
-    def __init__(self, per_second: int, per_hour: int, sent_last_hour: int = 0) -> None:
+    """smtp.max_per_second, paced evenly across this run's connections, at this run's
+    share of it when several runs deliver at once. (smtp.max_per_hour is enforced where
+    rows are claimed, in the database, for every run together: see engine._claim.)"""
+
+    def __init__(self, per_second: int) -> None:
         self.per_second = per_second
         self.interval = 1.02 / per_second if per_second else 0.0
         self.next_at = 0.0
-        self.hourly = RateLimitItemPerHour(per_hour) if per_hour else None
-        self.window = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
-        if self.hourly is not None and sent_last_hour:
-            # What earlier runs sent in the last hour counts as if sent just now: never
-            # over the quota, at worst a little late.
-            self.window.hit(self.hourly, "smtp", cost=min(sent_last_hour, per_hour))
         self.lock = threading.Lock()
-        # When the hourly quota is used up: the epoch time it frees up again.
-        self.quota_reset: float | None = None
 
     def share(self, runs: int) -> None:
         """`runs` runs deliver at once (other processes too): max_per_second belongs to the
@@ -48,18 +41,11 @@ class RateLimiter:
             self.interval = 1.02 * max(runs, 1) / self.per_second
 
     def acquire(self, halt: threading.Event) -> bool:
-        """Block until a message may go out. False if the run is halted meanwhile, or the
-        hourly quota is used up (then `quota_reset` says when it frees up: rather than hold
-        a process for up to an hour, the run ends and the service resumes it then)."""
-        if not (self.interval or self.hourly):
+        """Block until a message may go out; False if the run is halted meanwhile."""
+        if not self.interval:
             return not halt.is_set()
         with self.lock:
             now = time.monotonic()
-            if self.hourly is not None:
-                if not self.window.test(self.hourly, "smtp"):
-                    self.quota_reset = self.window.get_window_stats(self.hourly, "smtp").reset_time
-                    return False
-                self.window.hit(self.hourly, "smtp")
             at = max(now, self.next_at)
             self.next_at = at + self.interval
         return not halt.wait(at - now) if at > now else not halt.is_set()
