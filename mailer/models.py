@@ -185,3 +185,14 @@ class DeliveryRun(Base):
 
 
 DELIVERY_PENDING = ("queued", "sending", "retry")
+
+
+class SharedSetting(Base):
+    """A setting every instance on this database must agree on (mailer.shared_settings):
+    the first instance stores its value, and the others are checked against it."""
+
+    __tablename__ = "shared_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(500))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

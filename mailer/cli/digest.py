@@ -14,7 +14,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from mailer import campaign, delivery, progress
+from mailer import campaign, delivery, progress, shared_settings
 from mailer import digest as digests
 from mailer.articles import read_regular_file
 from mailer.cli.base import App, Listing, _json, _when, cli, command, listing
@@ -108,6 +108,7 @@ def digest_send(app: App, now_flag: bool, to: str | None) -> None:
         sent = delivery.send_test_copy(app.db, cfg, to)
         click.echo(f"test copy of {sent.subject!r} sent to {sent.address}: {sent.reply}")
         return
+    shared_settings.check(app.db, cfg)  # its links must be ones every instance can check
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:

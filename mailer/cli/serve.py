@@ -1,4 +1,4 @@
-"""Setting up and running: init, serve (`schedule` is in mailer.cli.schedule)."""
+"""Setting up and running: init, serve, settings (`schedule` is in mailer.cli.schedule)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from mailer import demo
+from mailer import demo, shared_settings
 from mailer.cli.base import App, cli, command
 from mailer.errors import database_problem
 
@@ -38,6 +38,7 @@ def serve_cmd(app: App, with_demo: bool) -> None:
 
     logging.getLogger().setLevel(logging.INFO)
     wait_for_database(app)
+    shared_settings.check(app.db, app.cfg)
     if with_demo:
         new = demo.is_new(app.cfg)
         for line in demo.load(app.db, app.cfg, new):
@@ -61,3 +62,15 @@ def wait_for_database(app: App) -> None:
             wait = DATABASE_BACKOFF_SECONDS[min(attempt, len(DATABASE_BACKOFF_SECONDS) - 1)]
             log.error("%s; trying again in %s s", database_problem(exc, app.cfg.database_url), wait)
             time.sleep(wait)
+
+
+@cli.group()
+def settings() -> None:
+    """The settings every instance on one database must agree on."""
+
+
+@command(settings, "adopt")
+def settings_adopt(app: App) -> None:
+    """Make this config's secret key and schedule the ones every instance must use."""
+    changed = shared_settings.adopt(app.db, app.cfg)
+    click.echo(f"now stored for all instances: {', '.join(changed)}" if changed else "nothing to change")
