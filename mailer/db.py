@@ -32,7 +32,7 @@ from mailer.errors import ConfigError, database_where
 BUSY_TIMEOUT_MS = 30_000
 # The newest Alembic revision (tests/test_db.py checks it against migrations/). Knowing it
 # lets a command skip importing Alembic (~11 MB, ~0.2 s) when the schema is current.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 # True inside Database.read_only(): transactions begun here are deferred and read-only.
 _READ_ONLY: ContextVar[bool] = ContextVar("mailer_db_read_only", default=False)
 
@@ -133,9 +133,27 @@ class Database:
         from alembic import command
 
         cfg = alembic_config(self.url)
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        sqlite = self.engine.dialect.name == "sqlite"
+        with self.engine.connect() as conn:
+            # The driver's own connection: through SQLAlchemy the pragma would open a
+            # transaction first (autobegin), inside which SQLite ignores it.
+            raw = conn.connection.driver_connection
+            if sqlite:
+                # Batch migrations rebuild tables (copy, drop, rename): with foreign keys on,
+                # dropping the old `subscribers` would cascade to every delivery. The pragma
+                # only works outside a transaction, so it is set before the migration's.
+                raw.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                    if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                        raise ConfigError(
+                            f"database {database_where(self.url)}: migration broke a foreign key"
+                        )
+            finally:
+                if sqlite:
+                    raw.execute("PRAGMA foreign_keys=ON")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -33,7 +33,7 @@ from mailer.articles import is_http_url
 from mailer.config import Config
 from mailer.db import Database, serialise
 from mailer.errors import InputError
-from mailer.models import Article, Delivery, Digest, EditorNote, Subscriber, UTCDateTime, utcnow
+from mailer.models import Article, Delivery, Digest, DigestStatus, EditorNote, Subscriber, UTCDateTime, utcnow
 from mailer.scheduler import Schedule, Slot
 from mailer.themes import Themes
 
@@ -45,11 +45,11 @@ log = logging.getLogger(__name__)
 UNSUBSCRIBE_PLACEHOLDER = "MAILER_UNSUBSCRIBE_URL_7f3a9c"
 PREVIEW_UNSUBSCRIBE = "/unsubscribe/preview"
 
-# Digest statuses.
-SENDING = "sending"
-SENT = "sent"
-SKIPPED = "skipped"
-FAILED = "failed"
+# Digest statuses (models.DigestStatus), by their short names here where they change.
+SENDING = DigestStatus.SENDING
+SENT = DigestStatus.SENT
+SKIPPED = DigestStatus.SKIPPED
+FAILED = DigestStatus.FAILED
 
 NOTE_MAX_CHARS = 10_000
 TEXT_WIDTH = 72

@@ -1,10 +1,19 @@
-"""Typed SQLAlchemy models: the database is the source of truth for every state."""
+"""Typed SQLAlchemy models: the database is the source of truth for every state.
+
+Each state machine's statuses are one StrEnum (SubscriberStatus, DigestStatus,
+DeliveryStatus), and the database refuses any other value (a CHECK constraint per table,
+migration 0008), so a typo or an old process can never write a status nobody handles.
+Each machine has one owner that changes it: mailer.subscribers, mailer.digest (with
+mailer.delivery.queue finishing a digest), mailer.delivery.queue.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -21,6 +30,34 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class SubscriberStatus(StrEnum):
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+
+
+class DigestStatus(StrEnum):
+    SENDING = "sending"
+    SENT = "sent"
+    SKIPPED = "skipped"  # the slot was handled and sends nothing (too few articles, the editor)
+    FAILED = "failed"  # it reached nobody
+
+
+class DeliveryStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+def status_check(statuses: type[StrEnum]) -> CheckConstraint:
+    """The table's `status` column holds one of `statuses` and nothing else."""
+    values = ", ".join(f"'{s.value}'" for s in statuses)
+    return CheckConstraint(f"status IN ({values})", name="status")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -47,6 +84,7 @@ class Base(DeclarativeBase):
             "uq": "uq_%(table_name)s_%(column_0_name)s",
             "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
             "pk": "pk_%(table_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
         }
     )
 
@@ -83,12 +121,15 @@ class Article(Base):
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
-    __table_args__ = (Index("uq_subscribers_email_lower", func.lower("email"), unique=True),)
+    __table_args__ = (
+        Index("uq_subscribers_email_lower", func.lower("email"), unique=True),
+        status_check(SubscriberStatus),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320))
     name: Mapped[str] = mapped_column(String(200), default="")
-    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=SubscriberStatus.ACTIVE, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     status_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Per-subscriber nonce mixed into unsubscribe tokens; changing it revokes old links.
@@ -98,6 +139,7 @@ class Subscriber(Base):
 
 class Digest(Base):
     __tablename__ = "digests"
+    __table_args__ = (status_check(DigestStatus),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # The schedule slot as local wall-clock time in the configured zone ("2026-03-02T08:00"),
@@ -147,6 +189,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("digest_id", "subscriber_id"),
         Index("ix_deliveries_digest_status", "digest_id", "status", "next_attempt_at"),
+        status_check(DeliveryStatus),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -154,7 +197,7 @@ class Delivery(Base):
     # Forgetting a subscriber erases their deliveries too.
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
     # queued -> sending -> sent | retry (-> sending ...) | failed | skipped
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_reply: Mapped[str] = mapped_column(String(1000), default="")
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -184,7 +227,7 @@ class DeliveryRun(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-DELIVERY_PENDING = ("queued", "sending", "retry")
+DELIVERY_PENDING = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.RETRY)
 
 
 class SharedSetting(Base):

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from mailer.db import Database
 from mailer.errors import InputError, NotFound
-from mailer.models import Delivery, Subscriber, utcnow
+from mailer.models import Delivery, Subscriber, SubscriberStatus, utcnow
 from mailer.parsing import clean_line
 
-STATUSES = ("active", "unsubscribed", "bounced")
+STATUSES = tuple(s.value for s in SubscriberStatus)  # plain strings: click shows enum names
 MAX_NAME_CHARS = 200
 
 

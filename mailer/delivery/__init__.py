@@ -9,11 +9,11 @@ connections, resumable after any crash.
 """
 
 from mailer.delivery.engine import Deliverer, RunSummary, deliver, unsubscribe_url
-from mailer.delivery.status import DigestStatus, TestCopy, retry_failed, send_test, send_test_copy, status_of
+from mailer.delivery.status import DigestReport, TestCopy, retry_failed, send_test, send_test_copy, status_of
 
 __all__ = [
     "Deliverer",
-    "DigestStatus",
+    "DigestReport",
     "RunSummary",
     "TestCopy",
     "deliver",

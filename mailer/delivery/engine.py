@@ -55,7 +55,7 @@ from mailer.delivery.pacing import ConnectionSlots, RateLimiter
 from mailer.dkim import DkimSigner
 from mailer.errors import MailerError
 from mailer.message import MessageTemplate, Recipient
-from mailer.models import Digest, Subscriber, utcnow
+from mailer.models import DeliveryStatus, Digest, DigestStatus, Subscriber, SubscriberStatus, utcnow
 from mailer.smtp import Outcome, Result, SmtpBusy, SmtpConnection, SmtpFatal
 from mailer.subscribers import set_status
 from mailer.tokens import Tokens, load_secret
@@ -164,7 +164,7 @@ class Deliverer:
         now = utcnow()
         with self.db.session() as s:
             d = s.get(Digest, digest_id)
-            if d is None or d.status != "sending":
+            if d is None or d.status != DigestStatus.SENDING:
                 return RunSummary(digest_id, d.issue_number if d else None, finished=True), None
             summary = RunSummary(digest_id, d.issue_number)
             if not self.ignore_backoff and d.next_run_at and d.next_run_at > now:
@@ -463,8 +463,11 @@ class Deliverer:
             if sub is None:
                 return
             sub.bounce_count += 1
-            if sub.bounce_count >= self.cfg.delivery.bounce_threshold and sub.status == "active":
-                set_status(s, sub, "bounced")
+            if (
+                sub.bounce_count >= self.cfg.delivery.bounce_threshold
+                and sub.status == SubscriberStatus.ACTIVE
+            ):
+                set_status(s, sub, SubscriberStatus.BOUNCED)
 
     def _requeue(self, delivery_ids: list[int]) -> None:
         with self.db.session() as s:
@@ -482,11 +485,11 @@ class Deliverer:
 # What each outcome makes of the row. FATAL is not the recipient's fault: the row goes
 # back in the queue, the attempt not counted.
 _STATUS_OF = {
-    Outcome.SENT: queue.DeliveryStatus.SENT,
-    Outcome.SKIPPED: queue.DeliveryStatus.SKIPPED,
-    Outcome.FATAL: queue.DeliveryStatus.QUEUED,
-    Outcome.TEMPORARY: queue.DeliveryStatus.RETRY,
-    Outcome.PERMANENT: queue.DeliveryStatus.FAILED,
+    Outcome.SENT: DeliveryStatus.SENT,
+    Outcome.SKIPPED: DeliveryStatus.SKIPPED,
+    Outcome.FATAL: DeliveryStatus.QUEUED,
+    Outcome.TEMPORARY: DeliveryStatus.RETRY,
+    Outcome.PERMANENT: DeliveryStatus.FAILED,
 }
 
 

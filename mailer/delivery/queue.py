@@ -6,7 +6,7 @@
       └──fatal / stop────┘ └──subscriber no longer active──▶ skipped
     queued/retry ──subscriber unsubscribes──▶ skipped
 
-This module owns that state machine (`DeliveryStatus`) and the runs that work on it.
+This module owns that state machine (models.DeliveryStatus) and the runs that work on it.
 
 Any number of runs (processes, on any hosts) deliver one digest at the same time, and a
 run that dies is always replaced. Why that holds:
@@ -43,7 +43,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
@@ -53,21 +52,22 @@ from sqlalchemy.orm import Session
 from mailer import digest as digests
 from mailer.errors import MailerError, database_problem, is_dbapi_error
 from mailer.message import new_message_key
-from mailer.models import DELIVERY_PENDING, Delivery, DeliveryRun, Digest, Subscriber, utcnow
+from mailer.models import (
+    DELIVERY_PENDING,
+    Delivery,
+    DeliveryRun,
+    DeliveryStatus,
+    Digest,
+    DigestStatus,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
 
 # How long a run waits for a database another process keeps locked.
 LOCK_PATIENCE = 300.0
 # A digest whose run stopped on a relay-wide problem is retried after these delays.
 RUN_BACKOFF_MINUTES = [1, 2, 5, 10, 30]
-
-
-class DeliveryStatus(StrEnum):
-    QUEUED = "queued"
-    SENDING = "sending"
-    SENT = "sent"
-    RETRY = "retry"
-    FAILED = "failed"
-    SKIPPED = "skipped"
 
 
 def new_owner() -> str:
@@ -177,7 +177,7 @@ def claim(
     inactive: list[int] = []
     new_keys: list[dict[str, Any]] = []
     for delivery_id, attempts, sub_id, email, name, status, nonce, key in rows:
-        if status != "active":
+        if status != SubscriberStatus.ACTIVE:
             inactive.append(delivery_id)
             continue
         if key is None:  # first claim: the key is stored before any message can go out
@@ -272,9 +272,9 @@ def release(
         d.last_error = ""
         d.next_run_at = resume_at  # e.g. when the hourly quota frees up: not a failure
     pending = any(by_status.get(st, 0) for st in DELIVERY_PENDING)
-    if d.status == "sending" and not pending:
+    if d.status == DigestStatus.SENDING and not pending:
         digests.finish(s, d, now, delivered=by_status.get(DeliveryStatus.SENT, 0) > 0)
-    return by_status, d.status != "sending"
+    return by_status, d.status != DigestStatus.SENDING
 
 
 def hourly_quota_left(s: Session, per_hour: int, now: datetime) -> tuple[int, datetime]:
@@ -399,7 +399,7 @@ class FastPath:
             cur.close()
         if row is None or row[1] != owner:
             raise LostRun()
-        return bool(row[0] == "active")
+        return bool(row[0] == SubscriberStatus.ACTIVE)
 
     def _commit(self, cur: Any) -> None:
         if self.sqlite:

@@ -11,11 +11,18 @@ from mailer import digest as digests
 from mailer.config import Config
 from mailer.db import Database
 from mailer.delivery import queue
-from mailer.delivery.queue import DeliveryStatus
 from mailer.dkim import DkimSigner
 from mailer.errors import InputError, NotFound
 from mailer.message import MessageTemplate, Recipient, new_message_key
-from mailer.models import Delivery, Digest, Subscriber, utcnow
+from mailer.models import (
+    Delivery,
+    DeliveryStatus,
+    Digest,
+    DigestStatus,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
 from mailer.smtp import Outcome, SmtpConnection, SmtpFatal
 from mailer.subscribers import normalise_email
 
@@ -26,7 +33,7 @@ def retry_failed(db: Database, digest_id: int) -> int:
         d = s.get(Digest, digest_id)
         if d is None or d.issue_number is None:
             raise NotFound(f"digest #{digest_id} does not exist or was skipped")
-        active = select(Subscriber.id).where(Subscriber.status == "active")
+        active = select(Subscriber.id).where(Subscriber.status == SubscriberStatus.ACTIVE)
         n = s.execute(
             update(Delivery)
             .where(
@@ -37,7 +44,7 @@ def retry_failed(db: Database, digest_id: int) -> int:
             .values(status=DeliveryStatus.QUEUED, next_attempt_at=None, updated_at=utcnow())
         ).rowcount
         if n:
-            d.status = "sending"
+            d.status = DigestStatus.SENDING
             d.retried_at = utcnow()  # the give-up clock starts again
             d.finished_at = None
             d.next_run_at = None
@@ -84,7 +91,9 @@ def send_test(cfg: Config, html: str, text: str, subject: str, to: str) -> str:
 
 
 @dataclass
-class DigestStatus:
+class DigestReport:
+    """`digest status`: where one digest's delivery stands."""
+
     digest_id: int
     issue: int | None
     status: str
@@ -100,7 +109,7 @@ class DigestStatus:
     runs: list[queue.Run]
 
 
-def status_of(db: Database, digest_id: int | None = None) -> DigestStatus:
+def status_of(db: Database, digest_id: int | None = None) -> DigestReport:
     """`digest status`: where a digest's delivery stands (default: the newest one sent)."""
     with db.session() as s:
         if digest_id is None:
@@ -138,7 +147,7 @@ def status_of(db: Database, digest_id: int | None = None) -> DigestStatus:
             .order_by(func.count().desc())
             .limit(5)
         ).all()
-        return DigestStatus(
+        return DigestReport(
             d.id,
             d.issue_number,
             d.status,
