@@ -1,4 +1,10 @@
-"""Articles: importing files, adding, listing, re-theming and removing.
+"""Articles: importing files, adding, listing, re-theming, shaping and removing.
+
+Shaping the next issue (pin, hold, edit) changes only unsent articles: one that a digest
+has reserved is frozen with that digest (its HTML and text are stored), so a change could
+never reach its readers; each change is one transaction that checks `digest_id IS NULL`
+on the row it changes, the same lock a digest's build takes, so a build sees the article
+either before or after the change, never half of it.
 
 What an import reads, and why nothing else is read:
 * Only regular files. The type is checked with stat before the file is opened, because
@@ -41,10 +47,14 @@ from mailer.parsing import (
     decode,
     fingerprint,
     paragraphs_of,
+    squash,
 )
 from mailer.themes import Themes
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
+# An editor's summary stands in for the lead (about digest.lead_chars): room for a few
+# sentences, not a second article.
+MAX_SUMMARY_CHARS = 1000
 LINK_LEAVES = "symlink leaves the folder"
 # Not on every platform; where it is missing there are no FIFOs to block on either.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -172,6 +182,27 @@ def _too_large() -> str:
     return f"file is larger than {f'{megabytes} MB' if not rest else f'{MAX_FILE_BYTES} bytes'}"
 
 
+def check_title(title: str) -> str:
+    """A title as `articles add` and `articles edit` take it: one clean line, with letters
+    or digits, at most MAX_TITLE_CHARS (what an import accepts as a title line)."""
+    title = clean_line(title)
+    if not title:
+        raise InputError("--title is empty")
+    if len(title) > MAX_TITLE_CHARS:
+        raise InputError(f"--title is longer than {MAX_TITLE_CHARS} characters")
+    if not squash(title):
+        raise InputError("--title has no letters or digits")
+    return title
+
+
+def check_summary(summary: str) -> str:
+    """A summary is one paragraph of clean text ("" clears it: the computed lead again)."""
+    summary = clean_line(summary)
+    if len(summary) > MAX_SUMMARY_CHARS:
+        raise InputError(f"--summary is longer than {MAX_SUMMARY_CHARS} characters")
+    return summary
+
+
 def is_http_url(url: str) -> bool:
     """An absolute http(s) URL with nothing unprintable in it: the only links ever emitted."""
     parts = urlsplit(url)
@@ -277,11 +308,7 @@ class ArticleStore:
         theme: str | None = None,
         published_at: datetime | None = None,
     ) -> Article:
-        title = clean_line(title)
-        if not title:
-            raise InputError("--title is empty")
-        if len(title) > MAX_TITLE_CHARS:
-            raise InputError(f"--title is longer than {MAX_TITLE_CHARS} characters")
+        title = check_title(title)
         paragraphs = paragraphs_of(body, self.cleaner)
         if not paragraphs:
             raise InputError("the article body is empty")
@@ -323,6 +350,52 @@ class ArticleStore:
             if article.digest_id is not None:
                 raise InputError(f"article #{article_id} is already in digest #{article.digest_id}")
             article.theme = slug
+            return article
+
+    def _unsent(self, s: Session, article_id: int, verb: str) -> Article:
+        """The article, if it is unsent; else NotFound or a one-line InputError."""
+        article = s.get(Article, article_id)
+        if article is None:
+            raise NotFound(f"article #{article_id} does not exist")
+        if article.digest_id is not None:
+            raise InputError(
+                f"article #{article_id} is in digest #{article.digest_id}; only unsent ones can be {verb}"
+            )
+        return article
+
+    def pin(self, article_id: int, pinned: bool = True) -> Article:
+        """Pin (top of its section, chosen first for the next issue) or unpin. Pinning a
+        pinned article keeps its place among the pinned."""
+        with self.db.session() as s:
+            article = self._unsent(s, article_id, "pinned" if pinned else "unpinned")
+            if not pinned:
+                article.pinned_at = None
+            elif article.pinned_at is None:
+                article.pinned_at = utcnow()
+            return article
+
+    def hold(self, article_id: int, held: bool = True) -> Article:
+        """Hold (kept out of every digest, stays unsent) or release."""
+        with self.db.session() as s:
+            article = self._unsent(s, article_id, "held" if held else "released")
+            if not held:
+                article.held_at = None
+            elif article.held_at is None:
+                article.held_at = utcnow()
+            return article
+
+    def edit(self, article_id: int, title: str | None = None, summary: str | None = None) -> Article:
+        """A new title and/or summary ("" clears the summary) for an unsent article."""
+        if title is None and summary is None:
+            raise InputError("give --title, --summary or both")
+        new_title = check_title(title) if title is not None else None
+        new_summary = check_summary(summary) if summary is not None else None
+        with self.db.session() as s:
+            article = self._unsent(s, article_id, "edited")
+            if new_title is not None:
+                article.title = new_title
+            if new_summary is not None:
+                article.summary = new_summary
             return article
 
     def remove(self, article_id: int) -> Article:

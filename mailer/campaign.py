@@ -15,7 +15,9 @@ from mailer import digest as digests
 from mailer.config import Config
 from mailer.db import Database
 from mailer.delivery import RunSummary
-from mailer.scheduler import Schedule
+from mailer.errors import InputError
+from mailer.models import Digest
+from mailer.scheduler import Schedule, Slot
 
 MIN_GRACE = timedelta(minutes=5)
 
@@ -68,3 +70,23 @@ def send_now(
     if not digests.unfinished(db):
         digests.build(db, cfg, digests.manual_slot(now), record_skip=False, manual=True)
     return deliver_unfinished(db, cfg, stop, on_progress, ignore_backoff=True)
+
+
+def next_slot(cfg: Config, now: datetime) -> Slot:
+    """The schedule's next slot after `now` (an InputError if the schedule has none)."""
+    upcoming = Schedule.of(cfg).next_slots(now, 1)
+    if not upcoming:
+        raise InputError(f"the schedule {cfg.schedule.cron!r} has no next slot")
+    return upcoming[0]
+
+
+def skip_next(db: Database, cfg: Config, now: datetime) -> Digest:
+    """`schedule skip`: the next slot sends nothing (a `skipped` digest row for it now)."""
+    return digests.skip_slot(db, next_slot(cfg, now))
+
+
+def unskip_next(db: Database, cfg: Config, now: datetime) -> Slot:
+    """`schedule skip --undo`: the next slot sends as scheduled again."""
+    slot = next_slot(cfg, now)
+    digests.unskip_slot(db, slot)
+    return slot

@@ -5,13 +5,18 @@ reserved for it, the editor's note for it and the frozen audience (one delivery 
 active subscriber). The HTML (CSS inlined once by premailer) and the text part are stored
 on the digest, so a send resumed after a crash mails exactly what the first attempt mailed.
 
-The editor's note (Markdown): at most one waits for the next issue. The build attaches
-it to the digest it builds (it is then that issue's note, and the next issue has none
-until one is set), so it appears in exactly one issue; a slot skipped for want of
-articles leaves it waiting. It is rendered with markdown-it-py with raw HTML off (any
-`<` in it is text), no images (remote content in a mail tracks its reader) and only
-absolute http(s) and mailto: links (anything else stays text), so the note can put
-nothing in a mail but paragraphs, emphasis, lists, quotes, code and safe links.
+The editor shapes the next issue before it is built:
+* Articles: held ones are never chosen; pinned ones are chosen first and lead their
+  section; an article's summary replaces its computed lead (mailer.articles).
+* The editor's note (Markdown): at most one waits for the next issue. The build attaches
+  it to the digest it builds (it is then that issue's note, and the next issue has none
+  until one is set), so it appears in exactly one issue; a slot skipped for want of
+  articles leaves it waiting. It is rendered with markdown-it-py with raw HTML off (any
+  `<` in it is text), no images (remote content in a mail tracks its reader) and only
+  absolute http(s) and mailto: links (anything else stays text), so the note can put
+  nothing in a mail but paragraphs, emphasis, lists, quotes, code and safe links.
+* A slot the editor skips (`mailer schedule skip`) gets its `skipped` digest row ahead of
+  time: the slot key is unique, so the scheduler's build for that slot does nothing.
 """
 
 from __future__ import annotations
@@ -26,13 +31,13 @@ from typing import Any
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
-from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy import case, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from mailer.articles import is_http_url
 from mailer.config import Config
 from mailer.db import Database, serialise
-from mailer.errors import InputError
+from mailer.errors import InputError, NotFound
 from mailer.models import Article, Delivery, Digest, DigestStatus, EditorNote, Subscriber, UTCDateTime, utcnow
 from mailer.scheduler import Schedule, Slot
 from mailer.themes import Themes
@@ -50,6 +55,8 @@ SENDING = DigestStatus.SENDING
 SENT = DigestStatus.SENT
 SKIPPED = DigestStatus.SKIPPED
 FAILED = DigestStatus.FAILED
+# The note of a slot the editor skipped (skip_slot); only such a row can be un-skipped.
+SKIPPED_BY_EDITOR = "skipped by the editor"
 
 NOTE_MAX_CHARS = 10_000
 TEXT_WIDTH = 72
@@ -118,15 +125,16 @@ class Renderer:
     def content(self, articles: list[Article], issue: int, when: datetime, note: str = "") -> Content:
         d = self.cfg.digest
         by_theme: dict[str, Section] = {}
-        for a in sorted(articles, key=lambda a: (self.themes.order(a.theme), a.imported_at, a.id)):
+        for a in sorted(articles, key=lambda a: digest_order(a, self.themes)):
             slug = a.theme if a.theme in self.themes.by_slug else self.themes.fallback.slug
             section = by_theme.setdefault(slug, Section(slug, self.themes.name(slug)))
             section.articles.append(
                 {
                     "id": a.id,
                     "title": a.title,
-                    "lead": lead_of(a.paragraphs, d.lead_chars),
+                    "lead": a.summary or lead_of(a.paragraphs, d.lead_chars),
                     "url": self.article_url(a),
+                    "pinned": a.pinned_at is not None,
                 }
             )
         sections = list(by_theme.values())
@@ -230,20 +238,31 @@ def readable_on(colour: str, background: str, minimum: float = 4.5) -> str:
     return "#ffffff"
 
 
+def digest_order(a: Article, themes: Themes) -> tuple[Any, ...]:
+    """Theme order; within a theme the pinned first (in pinning order), then the oldest."""
+    return (themes.order(a.theme), a.pinned_at is None, a.pinned_at or a.imported_at, a.imported_at, a.id)
+
+
 def _unsent(s: Session, limit: int, themes: Themes) -> list[Article]:
-    """The articles the next digest holds: the `limit` oldest unsent ones, in theme order.
+    """The articles the next digest holds: of the unsent ones not held, the pinned first,
+    then the oldest, `limit` in all; in digest order.
 
     The database picks them (ORDER BY ... LIMIT), so only those rows are ever loaded, however
     many are waiting; the rest wait for next week."""
-    oldest = (
+    chosen = (
         select(Article.id)
-        .where(Article.digest_id.is_(None))
-        .order_by(Article.imported_at, Article.id)
+        .where(Article.digest_id.is_(None), Article.held_at.is_(None))
+        .order_by(
+            case((Article.pinned_at.is_(None), 1), else_=0),
+            Article.pinned_at,
+            Article.imported_at,
+            Article.id,
+        )
         .limit(limit)
         .scalar_subquery()
     )
-    rows = list(s.scalars(select(Article).where(Article.id.in_(oldest))))
-    return sorted(rows, key=lambda a: (themes.order(a.theme), a.imported_at, a.id))
+    rows = list(s.scalars(select(Article).where(Article.id.in_(chosen))))
+    return sorted(rows, key=lambda a: digest_order(a, themes))
 
 
 def _next_note(s: Session) -> EditorNote | None:
@@ -258,6 +277,7 @@ def set_note(db: Database, markdown: str) -> str:
     if len(markdown) > NOTE_MAX_CHARS:
         raise InputError(f"the note is longer than {NOTE_MAX_CHARS} characters")
     with db.session() as s:
+        serialise(s, "note")  # on PostgreSQL too, two editors never leave two waiting notes
         s.execute(delete(EditorNote).where(EditorNote.digest_id.is_(None)))
         s.add(EditorNote(markdown=markdown, set_at=utcnow()))
     return markdown
@@ -475,6 +495,35 @@ def build(
         )
         log.info("digest #%s built for slot %s: %d articles", issue, slot.key, len(articles))
         return digest
+
+
+def skip_slot(db: Database, slot: Slot) -> Digest:
+    """Record that `slot` sends nothing: a `skipped` digest row with its key, so the
+    scheduler's build for it finds the row and does nothing. A slot that already has a
+    digest (built, or skipped) is refused."""
+    with db.session() as s:
+        serialise(s, "build")  # as build does: a skip and a build of one slot never race
+        existing = s.scalar(select(Digest).where(Digest.slot_key == slot.key))
+        if existing is not None and existing.note == SKIPPED_BY_EDITOR:
+            raise InputError(f"the slot {slot.key} is already skipped")
+        if existing is not None:
+            raise InputError(f"the slot {slot.key} already has digest id {existing.id} ({existing.status})")
+        digest = Digest(slot_key=slot.key, slot_at=slot.at, status=SKIPPED, note=SKIPPED_BY_EDITOR)
+        s.add(digest)
+        log.info("slot %s: %s", slot.key, SKIPPED_BY_EDITOR)
+        return digest
+
+
+def unskip_slot(db: Database, slot: Slot) -> None:
+    """Undo skip_slot for `slot`; NotFound when the editor has not skipped it."""
+    with db.session() as s:
+        gone = s.execute(
+            delete(Digest).where(
+                Digest.slot_key == slot.key, Digest.status == SKIPPED, Digest.note == SKIPPED_BY_EDITOR
+            )
+        ).rowcount
+        if not gone:
+            raise NotFound(f"the slot {slot.key} is not skipped")
 
 
 def manual_slot(now: datetime) -> Slot:

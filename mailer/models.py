@@ -107,6 +107,13 @@ class Article(Base):
     digest_id: Mapped[int | None] = mapped_column(ForeignKey("digests.id", ondelete="RESTRICT"), index=True)
     # Set when that digest has finished delivering.
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The editor's shaping of the next issue (mailer.articles), changed only while the
+    # article is unsent: pinned ones lead their section (in pinning order) and are chosen
+    # first; a held one stays out of every digest until released; the summary, when not
+    # empty, is shown instead of the lead computed from the body.
+    pinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    held_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    summary: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     digest: Mapped[Digest | None] = relationship(back_populates="articles")
 
@@ -117,6 +124,17 @@ class Article(Base):
     @property
     def is_sent(self) -> bool:
         return self.sent_at is not None
+
+    @property
+    def state(self) -> str:
+        """What `articles list` shows: sent, in a digest, or unsent (held, pinned)."""
+        if self.sent_at is not None:
+            return "sent"
+        if self.digest_id is not None:
+            return f"digest #{self.digest_id}"
+        if self.held_at is not None:
+            return "held"
+        return "pinned" if self.pinned_at is not None else "unsent"
 
 
 class Subscriber(Base):

@@ -1,4 +1,4 @@
-"""`mailer articles`: import, add, list, re-theme and remove articles."""
+"""`mailer articles`: import, add, list, re-theme, shape the next issue and remove articles."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from mailer.models import Article
 
 @cli.group()
 def articles() -> None:
-    """Import, add, list, re-theme and remove articles."""
+    """Import, add, list, re-theme, pin, hold, edit and remove articles."""
 
 
 def _article_dict(a: Article) -> dict[str, Any]:
@@ -32,6 +32,10 @@ def _article_dict(a: Article) -> dict[str, Any]:
         "imported_at": a.imported_at,
         "digest_id": a.digest_id,
         "sent_at": a.sent_at,
+        "state": a.state,
+        "pinned_at": a.pinned_at,
+        "held_at": a.held_at,
+        "summary": a.summary,
         "paragraphs": len(a.paragraphs),
     }
 
@@ -111,8 +115,7 @@ def articles_list(app: App, unsent: bool, theme: str | None, as_json: bool) -> N
         return
     table = Table("id", "theme", "title", "state", box=None)
     for a in rows:
-        state = "sent" if a.sent_at else (f"digest #{a.digest_id}" if a.digest_id else "unsent")
-        table.add_row(str(a.id), a.theme, a.title, state)
+        table.add_row(str(a.id), a.theme, a.title, a.state)
     out.print(table)
     click.echo(f"{len(rows)} article(s)")
 
@@ -124,6 +127,50 @@ def articles_set_theme(app: App, article_id: int, slug: str) -> None:
     """Move an article to another theme."""
     a = ArticleStore(app.db, app.cfg).set_theme(article_id, slug)
     click.echo(f"article #{a.id} is now in theme {a.theme}")
+
+
+@command(articles, "pin")
+@click.argument("article_id", type=int)
+def articles_pin(app: App, article_id: int) -> None:
+    """Put an unsent article at the top of its section (and surely in the next issue)."""
+    a = ArticleStore(app.db, app.cfg).pin(article_id)
+    click.echo(f"article #{a.id} pinned to the top of {a.theme}: {a.title}")
+
+
+@command(articles, "unpin")
+@click.argument("article_id", type=int)
+def articles_unpin(app: App, article_id: int) -> None:
+    """Let a pinned article take its usual place again."""
+    a = ArticleStore(app.db, app.cfg).pin(article_id, pinned=False)
+    click.echo(f"article #{a.id} not pinned: {a.title}")
+
+
+@command(articles, "hold")
+@click.argument("article_id", type=int)
+def articles_hold(app: App, article_id: int) -> None:
+    """Keep an unsent article out of the next issues until it is released."""
+    a = ArticleStore(app.db, app.cfg).hold(article_id)
+    click.echo(f"article #{a.id} held: no digest takes it until `mailer articles release {a.id}`")
+
+
+@command(articles, "release")
+@click.argument("article_id", type=int)
+def articles_release(app: App, article_id: int) -> None:
+    """Let a held article go into the next digest again."""
+    a = ArticleStore(app.db, app.cfg).hold(article_id, held=False)
+    click.echo(f"article #{a.id} released: it can go into the next digest")
+
+
+@command(articles, "edit")
+@click.argument("article_id", type=int)
+@click.option("--title", help="A new title.")
+@click.option("--summary", help='What the digest shows instead of the opening text ("" for that again).')
+def articles_edit(app: App, article_id: int, title: str | None, summary: str | None) -> None:
+    """Change an unsent article's title or summary."""
+    a = ArticleStore(app.db, app.cfg).edit(article_id, title, summary)
+    click.echo(f"edited article #{a.id} [{a.theme}] {a.title}")
+    none = "none (the digest shows the opening text)"
+    click.echo(f"  summary: {a.summary or none}")
 
 
 @command(articles, "remove")

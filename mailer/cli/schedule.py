@@ -1,14 +1,16 @@
-"""`mailer schedule`: the next send times.
+"""`mailer schedule`: the next send times; `schedule skip [--undo]` for the next slot.
 
 `mailer schedule` alone reads only the config (no database), so it also works before
-`mailer init` and is what the config tests start.
+`mailer init` and is what the config tests start; `skip` records the skipped slot in the
+database (mailer.digest.skip_slot), where the scheduler's build for that slot finds it.
 """
 
 from __future__ import annotations
 
 import click
 
-from mailer.cli.base import App, cli, handle_errors
+from mailer import campaign
+from mailer.cli.base import App, _when, cli, command, handle_errors
 from mailer.models import utcnow
 from mailer.scheduler import Schedule
 
@@ -17,7 +19,7 @@ from mailer.scheduler import Schedule
 @click.option("--count", default=5, show_default=True, type=click.IntRange(1, 100))
 @click.pass_context
 def schedule(ctx: click.Context, count: int) -> None:
-    """Print the next send times in the configured time zone."""
+    """Print the next send times in the configured time zone (`schedule skip`: skip the next)."""
     if ctx.invoked_subcommand is None:
         _show(ctx.obj, count)
 
@@ -30,3 +32,15 @@ def _show(app: App, count: int) -> None:
         click.echo(
             f"  {slot.local(cfg.schedule.timezone):%a %Y-%m-%d %H:%M %Z}  ({slot.at:%Y-%m-%d %H:%M} UTC)"
         )
+
+
+@command(schedule, "skip")
+@click.option("--undo", is_flag=True, help="Send in the next slot after all.")
+def schedule_skip(app: App, undo: bool) -> None:
+    """Skip the next slot: no digest then (shown in `digest list`); its articles wait."""
+    if undo:
+        slot = campaign.unskip_next(app.db, app.cfg, utcnow())
+        click.echo(f"the slot {_when(slot.at, app.cfg)} is no longer skipped")
+        return
+    d = campaign.skip_next(app.db, app.cfg, utcnow())
+    click.echo(f"the slot {_when(d.slot_at, app.cfg)} is skipped: no digest then")

@@ -1,7 +1,9 @@
-"""editor's note per issue
+"""editor's note per issue; pinned, held and summarised articles
 
 `editor_notes` holds the note for the next issue (no digest) and the notes of built
-issues (one per digest).
+issues (one per digest). Articles get pinned_at, held_at and summary; existing articles
+are neither pinned nor held and have no summary, so every digest built after the upgrade
+holds what it would have held before.
 
 Revision ID: 0006
 Revises: 0005
@@ -37,7 +39,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_editor_notes")),
         sa.UniqueConstraint("digest_id", name=op.f("uq_editor_notes_digest_id")),
     )
+    # Plain ADD COLUMN (no batch mode): rebuilding `articles` is neither needed nor wanted.
+    op.add_column("articles", sa.Column("pinned_at", UTCDateTime(), nullable=True))
+    op.add_column("articles", sa.Column("held_at", UTCDateTime(), nullable=True))
+    op.add_column("articles", sa.Column("summary", sa.Text(), server_default="", nullable=False))
 
 
 def downgrade() -> None:
+    op.drop_column("articles", "summary")
+    op.drop_column("articles", "held_at")
+    op.drop_column("articles", "pinned_at")
     op.drop_table("editor_notes")
