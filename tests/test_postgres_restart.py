@@ -36,14 +36,6 @@ READERS = 300
 CONNECTIONS = 4  # smtp.connections in config.toml: the most one interruption may repeat
 LEASE = 3  # seconds: the rows of a run that died go back to the queue this soon
 
-# The delivery workers' raw connections (queue.FastPath) go back to SQLAlchemy's pool after
-# the server dropped them; the pool's reset-on-return ROLLBACK fails and the pool logs
-# "Exception during reset or similar" with a traceback, once per worker.
-POOL_RESET_TRACEBACK = (
-    "defect: a dead worker connection is returned to the pool, whose reset logs a traceback "
-    "(fix: queue.FastPath.close invalidates a broken connection before closing it)"
-)
-
 
 @pytest.fixture
 def pg() -> Iterator[PrivatePostgres]:
@@ -119,7 +111,6 @@ def _stop_service(serve: subprocess.Popen[str]) -> str:
     return err
 
 
-@pytest.mark.xfail(reason=POOL_RESET_TRACEBACK, strict=True)
 @pytest.mark.parametrize("mode", ["fast", "immediate"])  # an orderly restart; a crash and recovery
 def test_digest_send_across_a_server_restart_ends_with_one_line_and_a_second_send_reaches_everyone(
     tmp_path: Path, pg: PrivatePostgres, smtp: SmtpServer, mode: Mode
@@ -147,7 +138,6 @@ def test_digest_send_across_a_server_restart_ends_with_one_line_and_a_second_sen
     assert "Traceback" not in err and len(lines) <= 1, err
 
 
-@pytest.mark.xfail(reason=POOL_RESET_TRACEBACK, strict=True)
 def test_serve_outlives_a_server_outage_mid_send_with_one_log_line_and_the_digest_finishes(
     tmp_path: Path, pg: PrivatePostgres, smtp: SmtpServer
 ) -> None:
@@ -193,11 +183,6 @@ def test_serve_outlives_a_server_outage_mid_send_with_one_log_line_and_the_diges
     assert "Traceback" not in err, err
 
 
-@pytest.mark.xfail(
-    reason="defect: a web page that needs the database answers 500 and logs a traceback while "
-    "the server is down (fix: a 503 and one log line naming the database, in mailer/web/app.py)",
-    strict=True,
-)
 def test_a_page_that_needs_the_database_answers_503_with_one_log_line_while_the_server_is_down(
     tmp_path: Path, pg: PrivatePostgres, smtp: SmtpServer
 ) -> None:

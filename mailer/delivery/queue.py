@@ -414,6 +414,11 @@ class FastPath:
             self.raw.rollback()
 
     def close(self) -> None:
+        driver = self.raw.driver_connection
+        if not self.sqlite and (getattr(driver, "broken", False) or getattr(driver, "closed", False)):
+            # The server dropped it (a restart): discard it rather than have the pool
+            # try to roll back on a dead socket and log a traceback.
+            self.raw.invalidate()
         self.raw.close()
 
 

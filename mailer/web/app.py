@@ -33,11 +33,13 @@ from typing import Any
 
 from flask import Flask, Response, abort, g, has_app_context, render_template, request
 from jinja2 import BaseLoader, Environment
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from mailer.config import Config, ConfigInForce, Settings
 from mailer.db import Database
 from mailer.digest import template_environment
+from mailer.errors import database_problem, is_dbapi_error
 from mailer.tokens import Tokens, load_secret
 from mailer.unsubscribe_outbox import Busy, Outbox, outbox_folder
 from mailer.web import MAX_BODY_BYTES, access, editor, public
@@ -120,7 +122,7 @@ def create_app(db: Database, config: Config | ConfigInForce) -> Flask:
     app.register_blueprint(public.blueprint(db, cfg, subscriptions))
     app.register_blueprint(editor.blueprint(db, cfg, secret))
     _request_rules(app, cfg)
-    _error_pages(app)
+    _error_pages(app, db)
     app.wsgi_app = _reads_never_wait(app.wsgi_app, db)  # type: ignore[method-assign]
     return app
 
@@ -172,7 +174,7 @@ def _request_rules(app: Flask, cfg: Config) -> None:
         return resp
 
 
-def _error_pages(app: Flask) -> None:
+def _error_pages(app: Flask, db: Database) -> None:
     def page(code: int, message: str) -> tuple[str, int]:
         return render_template("web_error.html", code=code, message=message), code
 
@@ -189,7 +191,12 @@ def _error_pages(app: Flask) -> None:
         return *page(503, str(exc)), {"Retry-After": "30"}
 
     @app.errorhandler(Exception)
-    def _crash(exc: Exception) -> tuple[str, int]:
+    def _crash(exc: Exception) -> tuple[str, int] | tuple[str, int, dict[str, str]]:
+        if isinstance(exc, SQLAlchemyError) or is_dbapi_error(exc):
+            # The database is down or restarting: one line, and the reader is asked to
+            # come back (the pool reconnects once it is up again).
+            app.logger.error("%s %s: %s", request.method, request.path, database_problem(exc, db.url))
+            return *page(503, "The database is unavailable; try again in a moment."), {"Retry-After": "30"}
         app.logger.exception("request failed")
         return page(500, "Internal error")
 
