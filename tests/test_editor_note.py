@@ -52,13 +52,14 @@ link](javascript:alert(1)), a [relative one](/about) and an image !pixel
 
 
 def mailer(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`mailer --config CONFIG ARGS` in its own process (tests pass `db`: migrated already)."""
     return subprocess.run(
         [MAILER, "--config", str(config), *args], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
 
 
 def test_digest_note_sets_shows_and_clears_the_note_for_the_next_issue(
-    config_path: Path, tmp_path: Path
+    db: Database, config_path: Path, tmp_path: Path
 ) -> None:
     none = mailer(config_path, "digest", "note")
     assert (none.returncode, none.stdout, none.stderr) == (0, "no note for the next issue\n", "")
@@ -81,7 +82,9 @@ def test_digest_note_sets_shows_and_clears_the_note_for_the_next_issue(
     assert mailer(config_path, "digest", "note").stdout == "no note for the next issue\n"
 
 
-def test_digest_note_refusals_are_one_line_and_exit_1(config_path: Path, tmp_path: Path) -> None:
+def test_digest_note_refusals_are_one_line_and_exit_1(
+    db: Database, config_path: Path, tmp_path: Path
+) -> None:
     missing = tmp_path / "missing.md"
     cases = {
         ("digest", "note", "text", "--clear"): "error: give one of TEXT, --file FILE or --clear\n",
