@@ -32,7 +32,10 @@ Invariants, and why they hold:
 * A refusal never leaks into the next recipient's transaction: after any transaction that
   did not end in 250, RSET is sent, and a connection whose RSET fails is dropped, so the
   next message starts on a clean session (without it: "503 nested MAIL command").
-* A 421 ends the connection (the server is closing it), and the next message opens one.
+* A 421 ends the connection (the server is closing it: no RSET), and so does a reply that
+  cannot be read; the next message opens a new one. A message whose connection dropped is
+  tried once more on a new connection, so an idle connection the server timed out costs
+  nothing; dropped twice, it is TEMPORARY and the caller retries it later.
 * No command line can be forged from an address: MAIL FROM and RCPT TO are written by
   hand, so `_plain_address` refuses anything but printable ASCII without angle brackets.
 """
@@ -85,7 +88,7 @@ def _reply(code: int, text: bytes | str) -> str:
     """A reply as one line: "550 5.1.1 user unknown". smtplib gives -1 for no readable code."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    head = str(code) if code > 0 else "unreadable reply:"
+    head = str(code) if code != -1 else "unreadable reply:"
     return " ".join([head, *text.split()])[:1000]
 
 
@@ -113,9 +116,8 @@ class SmtpConnection:
             if self.cfg.security == "starttls":
                 if not conn.has_extn("starttls"):
                     raise SmtpFatal(f"SMTP server {self.where} does not offer STARTTLS")
-                stage = "STARTTLS"
+                stage = "STARTTLS"  # also for the EHLO over TLS: a hang-up there is no busy sign
                 conn.starttls(context=self._context())
-                stage = "EHLO"
                 self._hello(conn)
             if self.cfg.username:
                 stage = "login"
@@ -175,30 +177,33 @@ class SmtpConnection:
             return SmtpFatal(f"TLS certificate of {where} not trusted: {exc.verify_message or exc.reason}")
         if isinstance(exc, ssl.SSLError):
             return SmtpFatal(f"TLS with {where} failed: {exc.reason or exc}")
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        return SmtpFatal(f"SMTP server {where} unreachable: {reason}")
+        return SmtpFatal(f"SMTP server {where} unreachable: {exc.strerror or exc}")
 
     def send(self, sender: str, recipient: str, data: bytes) -> Result:
         """One transaction, on the open connection or a new one. A connection the server
-        dropped is re-opened once; dropped again, the message is TEMPORARY. Opening raises
-        SmtpBusy or SmtpFatal (see `open`), so this does too."""
-        for attempt in (1, 2):
-            if self.conn is None:
-                self.open()
-            try:
-                result = self._transaction(sender, recipient, data)
-            except OSError as exc:  # smtplib.SMTPServerDisconnected is one
-                self.close(polite=False)
-                if attempt == 2:
-                    return Result(Outcome.TEMPORARY, f"connection lost: {self._lost(exc)}")
-                continue
-            return result
-        raise AssertionError("unreachable")
+        dropped (often one it found idle too long) is re-opened once; dropped again, the
+        message is TEMPORARY. Opening raises SmtpBusy or SmtpFatal (see `open`), so this
+        does too."""
+        try:
+            return self._send_once(sender, recipient, data)
+        except OSError:  # smtplib.SMTPServerDisconnected is one
+            self.close(polite=False)
+        try:
+            return self._send_once(sender, recipient, data)
+        except OSError as exc:
+            self.close(polite=False)
+            return Result(Outcome.TEMPORARY, f"connection lost: {self._lost(exc)}")
+
+    def _send_once(self, sender: str, recipient: str, data: bytes) -> Result:
+        if self.conn is None:
+            self.open()
+        assert self.conn is not None
+        return self._transaction(self.conn, sender, recipient, data)
 
     def _lost(self, exc: OSError) -> str:
         if isinstance(exc.__context__, TimeoutError):  # smtplib wraps every socket error
             return f"no reply within {self.cfg.timeout:g} s"
-        return str(exc) or type(exc).__name__
+        return str(exc)
 
     def _after_refusal(self, conn: smtplib.SMTP, result: Result) -> Result:
         """After a refused transaction: RSET, so the next MAIL starts clean. A session the
@@ -211,12 +216,11 @@ class SmtpConnection:
             self.close(polite=False)
         return result
 
-    def _transaction(self, sender: str, recipient: str, data: bytes) -> Result:
+    def _transaction(self, conn: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> Result:
         """MAIL, RCPT, DATA and the message. With PIPELINING (RFC 2920) the three commands
-        go out in one write, which saves two round trips per message. The message is sent
-        as ready bytes: the template guarantees CRLF line ends."""
-        assert self.conn is not None
-        conn = self.conn
+        go out in one write, which saves two round trips per message; without it each
+        waits for the previous one's success. The message is sent as ready bytes: the
+        template guarantees CRLF line ends."""
         # The commands are written by hand (the pipelined ones bypass smtplib's checks), so
         # an address that could end the command line or the <path> never goes out:
         # "x@example.com>\r\nRCPT TO:<victim@example.com" would add a recipient.
@@ -226,26 +230,23 @@ class SmtpConnection:
             return Result(Outcome.PERMANENT, f"recipient address {recipient!r} is not usable (not sent)")
         # Dot-stuffing (RFC 5321 4.5.2) in C: a no-op for our base64 bodies.
         data = (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
+        commands = [f"MAIL FROM:<{sender}>", f"RCPT TO:<{recipient}>", "DATA"]
         if conn.has_extn("pipelining"):
-            conn.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
-            mail, rcpt, start = (_check(conn.getreply()) for _ in range(3))
+            conn.send("".join(f"{command}\r\n" for command in commands).encode("ascii"))
+            replies = [_check(conn.getreply()) for _ in commands]
         else:
-            mail = _check(conn.docmd(f"MAIL FROM:<{sender}>"))
-            rcpt = _check(conn.docmd(f"RCPT TO:<{recipient}>")) if mail[0] == 250 else (0, b"")
-            start = _check(conn.docmd("DATA")) if rcpt[0] in (250, 251) else (0, b"")
-        failed: Result | None = None
-        if mail[0] != 250:
-            failed = _classify(*mail, stage="MAIL FROM")
-        elif rcpt[0] not in (250, 251):
-            failed = _classify(*rcpt, stage="RCPT TO")
-        elif start[0] != 354:
-            failed = _classify(*start, stage="DATA")
-        if failed is not None:
-            if start[0] == 354:
-                # The server took DATA although we cannot go on: end it empty, then reset.
-                conn.send(b".\r\n")
-                conn.getreply()
-            return self._after_refusal(conn, failed)
+            replies = []
+            for command, (_, accepted) in zip(commands, _STEPS, strict=True):
+                replies.append(_check(conn.docmd(command)))
+                if replies[-1][0] not in accepted:
+                    break
+        for (code, text), (stage, accepted) in zip(replies, _STEPS, strict=False):  # up to a refusal
+            if code not in accepted:
+                if replies[-1][0] == 354:
+                    # The server took DATA although we cannot go on: end it empty, then reset.
+                    conn.send(b".\r\n")
+                    conn.getreply()
+                return self._after_refusal(conn, _classify(code, text, stage))
         conn.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
         code, text = _check(conn.getreply())
         if code != 250:
@@ -276,6 +277,8 @@ def _plain_address(address: str) -> bool:
 
 
 _ANGLE = frozenset("<>")
+# Each command of a transaction and the replies that let it go on.
+_STEPS = (("MAIL FROM", (250,)), ("RCPT TO", (250, 251)), ("DATA", (354,)))
 
 
 def _check(reply: tuple[int, bytes]) -> tuple[int, bytes]:
@@ -292,10 +295,10 @@ def _classify(code: int, text: bytes, stage: str) -> Result:
         return Result(Outcome.TEMPORARY, reply)
     if code in _AUTH_CODES or stage == "MAIL FROM":
         return Result(Outcome.FATAL, f"{stage}: {reply}")
-    enhanced = reply.split()[1] if " " in reply else ""
     # At DATA the message is refused, and it is the same for everyone ("554 5.7.1 spam",
-    # "552 message too large"), unless the code names the address or the mailbox.
-    if stage == "RCPT TO" or enhanced.startswith(("5.1.", "5.2.")):
+    # "552 message too large"), unless the enhanced code after the reply code names the
+    # address or the mailbox (5.1.x, 5.2.x).
+    if stage == "RCPT TO" or reply[4:].startswith(("5.1.", "5.2.")):
         return Result(Outcome.PERMANENT, reply)
     return Result(Outcome.FATAL, f"{stage}: {reply}")
 
