@@ -28,8 +28,8 @@ from email.utils import format_datetime, quote
 from urllib.parse import quote as url_quote
 
 from mailer.config import Config
-from mailer.digest import UNSUBSCRIBE_PLACEHOLDER
 from mailer.models import utcnow
+from mailer.render import UNSUBSCRIBE_PLACEHOLDER
 
 _MARK = "MAILERMARK{}X"
 _FIELDS = ("to", "msgid", "unsub", "text", "html")

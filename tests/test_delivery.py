@@ -9,7 +9,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select, update
 
-from mailer import campaign, delivery
+from mailer import campaign, delivery, render
 from mailer import digest as digests
 from mailer.config import load_config
 from mailer.models import Article, Delivery, Digest, Subscriber
@@ -69,8 +69,8 @@ def test_every_active_subscriber_gets_exactly_one_personal_message(seeded, cfg, 
 
 def test_premailer_runs_once_per_digest_not_per_recipient(seeded, cfg, smtp_server, monkeypatch):
     calls = []
-    real = digests.inline_css
-    monkeypatch.setattr(digests, "inline_css", lambda html: calls.append(1) or real(html))
+    real = render.inline_css
+    monkeypatch.setattr(render, "inline_css", lambda html: calls.append(1) or real(html))
     for i in range(10):
         SubscriberStore(seeded).add(f"reader{i}@example.com")
     campaign.send_now(seeded, cfg, T0)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import event, func, select
 
-from mailer import campaign
+from mailer import campaign, render
 from mailer import digest as digests
 from mailer.articles import ArticleStore
 from mailer.config import load_config
@@ -124,8 +124,8 @@ def test_html_has_themed_sections_in_theme_order_and_email_safe_markup(seeded, c
     assert 'role="presentation"' in html and 'width="600"' in html
     # premailer inlined the CSS onto the elements.
     assert 'class="t" style="' in html
-    assert "Issue #1" in html and digests.UNSUBSCRIBE_PLACEHOLDER in html
-    assert "Read more" in d.text and digests.UNSUBSCRIBE_PLACEHOLDER in d.text
+    assert "Issue #1" in html and render.UNSUBSCRIBE_PLACEHOLDER in html
+    assert "Read more" in d.text and render.UNSUBSCRIBE_PLACEHOLDER in d.text
     with seeded.session() as s:
         titles = list(s.scalars(select(Article.title).where(Article.digest_id == d.id)))
     text = " ".join(d.text.split())  # titles are wrapped in the text part
@@ -176,8 +176,8 @@ def test_preview_changes_no_state(seeded, cfg):
 
 
 def test_lead_is_about_the_first_paragraph_cut_at_a_word():
-    assert digests.lead_of(["Short one.", "Second."], 100) == "Short one."
-    lead = digests.lead_of(["word " * 100], 50)
+    assert render.lead_of(["Short one.", "Second."], 100) == "Short one."
+    lead = render.lead_of(["word " * 100], 50)
     assert lead.endswith("…") and len(lead) <= 51 and "  " not in lead
 
 

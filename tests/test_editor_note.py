@@ -12,7 +12,7 @@ from pathlib import Path
 import lxml.html
 from sqlalchemy import select
 
-from mailer import campaign
+from mailer import campaign, notes
 from mailer import digest as digests
 from mailer.articles import ArticleStore
 from mailer.config import Config
@@ -104,7 +104,7 @@ def test_digest_note_refusals_are_one_line_and_exit_1(
 
 
 def test_the_note_renders_as_safe_html_and_as_text_wrapped_at_72() -> None:
-    html = str(digests.note_html(NOTE))
+    html = str(notes.note_html(NOTE))
     doc = lxml.html.fragment_fromstring(html, create_parent="div")
     assert [a.get("href") for a in doc.iter("a")] == [
         "https://example.org/about",
@@ -115,7 +115,7 @@ def test_the_note_renders_as_safe_html_and_as_text_wrapped_at_72() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "javascript:" in doc.text_content()
     assert [el.tag for el in doc] == ["h1", "p", "ul", "ol"]
 
-    text = digests.note_text(NOTE)
+    text = notes.note_text(NOTE)
     assert text == NOTE_TEXT
     assert max(len(line) for line in text.splitlines()) <= 72
 
@@ -123,7 +123,7 @@ def test_the_note_renders_as_safe_html_and_as_text_wrapped_at_72() -> None:
 def test_the_note_leads_the_mailed_digest_once_and_stays_with_its_issue(
     seeded: Database, cfg: Config, config_path: Path, smtp_server: SmtpServer
 ) -> None:
-    digests.set_note(seeded, NOTE)
+    notes.set_note(seeded, NOTE)
     preview = digests.preview(seeded, cfg)
     assert preview is not None and "A word before the news" in preview.html
     assert preview.text.split("\n\n", 1)[1].startswith(NOTE_TEXT + "\n\nIn this issue:")
@@ -148,7 +148,7 @@ def test_the_note_leads_the_mailed_digest_once_and_stays_with_its_issue(
         assert "color:" in note_td.cssselect("a")[0].get("style", "")
 
     # The note went with issue #1: the next issue has none until one is set.
-    assert digests.next_note(seeded) == ""
+    assert notes.next_note(seeded) == ""
     with seeded.session() as s:
         kept = s.scalars(select(EditorNote)).all()
         assert [(n.markdown, n.digest_id is not None) for n in kept] == [(NOTE.strip(), True)]
@@ -164,24 +164,24 @@ def test_the_note_leads_the_mailed_digest_once_and_stays_with_its_issue(
 
 
 def test_a_resumed_send_mails_the_note_it_was_built_with(seeded: Database, cfg: Config) -> None:
-    digests.set_note(seeded, "The note at build time.")
+    notes.set_note(seeded, "The note at build time.")
     built = digests.build(seeded, cfg, digests.manual_slot(utcnow()))
     assert built is not None and "The note at build time." in built.text
     # A note set after the build is for the next issue; the digest being sent is unchanged.
-    digests.set_note(seeded, "A later note.")
+    notes.set_note(seeded, "A later note.")
     summaries = campaign.deliver_unfinished(seeded, cfg)
     assert [(s.sent, s.finished) for s in summaries] == [(3, True)]
     stored = digests.get_digest(seeded, built.id)
     assert stored is not None and (stored.html, stored.text) == (built.html, built.text)
-    assert "A later note." not in stored.text and digests.next_note(seeded) == "A later note."
+    assert "A later note." not in stored.text and notes.next_note(seeded) == "A later note."
 
 
 def test_a_slot_skipped_for_want_of_articles_leaves_the_note_waiting(db: Database, cfg: Config) -> None:
     SubscriberStore(db).add("ann@example.com")
-    digests.set_note(db, "Still waiting.")
+    notes.set_note(db, "Still waiting.")
     skipped = digests.build(db, cfg, digests.manual_slot(utcnow()))
     assert skipped is not None and skipped.status == digests.SKIPPED
-    assert digests.next_note(db) == "Still waiting."
+    assert notes.next_note(db) == "Still waiting."
     ArticleStore(db, cfg).import_paths([str(SEEDS)])
     preview = digests.preview(db, cfg)
     assert preview is not None and "Still waiting." in preview.text
@@ -195,7 +195,7 @@ def test_the_note_fits_a_phone_without_the_style_block_and_is_readable_in_dark_m
     from tests.test_email_layout import CHROMIUM_ARGS, LONG_WORD, open_page, rgb
 
     long_url = "https://example.org/" + "a" * 120
-    digests.set_note(seeded, f"{LONG_WORD} and <{long_url}>, then [a link]({long_url}).")
+    notes.set_note(seeded, f"{LONG_WORD} and <{long_url}>, then [a link]({long_url}).")
     preview = digests.preview(seeded, cfg)
     assert preview is not None and long_url in preview.html
     with sync_playwright() as p:

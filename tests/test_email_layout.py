@@ -35,7 +35,7 @@ from mailer import digest as digests
 from mailer.articles import ArticleStore
 from mailer.config import Config, load_config
 from mailer.db import Database
-from mailer.digest import contrast, luminance
+from mailer.render import contrast, luminance
 from tests.conftest import ROOT, SEEDS, write_config
 
 CHROMIUM_ARGS = [

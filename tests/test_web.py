@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
-from mailer import campaign
+from mailer import campaign, render
 from mailer import digest as digests
 from mailer.articles import ArticleStore
 from mailer.catcher import MailCatcher, save
@@ -131,7 +131,7 @@ def as_preview(cfg: Config, message_part: str, subscriber_url: str) -> str:
     preview's, and MIME's CRLF line ends back to plain newlines."""
     body = message_part.replace("\r\n", "\n")
     assert subscriber_url in body
-    return body.replace(subscriber_url, cfg.digest.base_url + digests.PREVIEW_UNSUBSCRIBE)
+    return body.replace(subscriber_url, cfg.digest.base_url + render.PREVIEW_UNSUBSCRIBE)
 
 
 def bounce(db: Database, email: str) -> None:
@@ -366,7 +366,7 @@ def test_past_digests_are_listed_and_each_shows_what_was_mailed(
     assert html.body == as_preview(cfg, message.get_body(("html",)).get_content(), url)
     assert text.body == as_preview(cfg, message.get_body(("plain",)).get_content(), url)
     assert text.headers.get_content_type() == "text/plain"
-    assert digests.UNSUBSCRIBE_PLACEHOLDER not in html.body + text.body
+    assert render.UNSUBSCRIBE_PLACEHOLDER not in html.body + text.body
     assert_clean_error(web.get(f"/digests/{digest.id + 1}"), 404)
 
 
@@ -559,11 +559,11 @@ def test_a_forgotten_subscribers_link_gets_400_even_when_their_id_is_reused(
 def test_the_preview_unsubscribe_link_belongs_to_nobody(
     web: WebServer, db: Database, links: dict[str, str]
 ) -> None:
-    page = web.get(digests.PREVIEW_UNSUBSCRIBE)
+    page = web.get(render.PREVIEW_UNSUBSCRIBE)
     assert page.status == 200 and "does not belong to a subscriber" in page.body
     assert not page.doc().cssselect("form")
 
-    assert_clean_error(web.post(digests.PREVIEW_UNSUBSCRIBE, ONE_CLICK), 400)
+    assert_clean_error(web.post(render.PREVIEW_UNSUBSCRIBE, ONE_CLICK), 400)
     assert statuses(db) == {ADA: "active", BOB: "active"}
 
 

@@ -14,7 +14,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from mailer import campaign, delivery, progress, shared_settings
+from mailer import campaign, delivery, notes, progress, shared_settings
 from mailer import digest as digests
 from mailer.articles import read_regular_file
 from mailer.cli.base import App, Listing, _json, _when, cli, command, listing
@@ -40,7 +40,7 @@ def digest_note(app: App, text: str | None, note_file: str | None, clear: bool) 
     if sum((text is not None, note_file is not None, clear)) > 1:
         raise InputError("give one of TEXT, --file FILE or --clear")
     if clear:
-        removed = digests.clear_note(app.db)
+        removed = notes.clear_note(app.db)
         click.echo("note for the next issue removed" if removed else "there was no note for the next issue")
         return
     if note_file is not None:
@@ -49,10 +49,10 @@ def digest_note(app: App, text: str | None, note_file: str | None, clear: bool) 
         except InputError as exc:
             raise InputError(f"{note_file}: {exc}") from None
     if text is None:
-        note = digests.next_note(app.db)
+        note = notes.next_note(app.db)
         click.echo(note if note else "no note for the next issue")
         return
-    note = digests.set_note(app.db, text)
+    note = notes.set_note(app.db, text)
     click.echo(f"note for the next issue set ({len(note)} characters); `mailer digest preview` shows it")
 
 

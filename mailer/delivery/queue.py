@@ -239,6 +239,22 @@ def requeue(s: Session, delivery_ids: list[int], now: datetime) -> None:
     )
 
 
+def requeue_failed(s: Session, digest_id: int) -> int:
+    """Failed rows of still-active subscribers back to `queued`; how many."""
+    active = select(Subscriber.id).where(Subscriber.status == SubscriberStatus.ACTIVE)
+    n = s.execute(
+        update(Delivery)
+        .where(
+            Delivery.digest_id == digest_id,
+            Delivery.status == DeliveryStatus.FAILED,
+            Delivery.subscriber_id.in_(active),
+        )
+        .values(status=DeliveryStatus.QUEUED, next_attempt_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return int(n or 0)
+
+
 def give_up(s: Session, digest_id: int, hours: float, now: datetime) -> None:
     s.execute(
         update(Delivery)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from mailer import digest as digests
+from mailer import render
 from mailer.config import Config
 from mailer.db import Database
 from mailer.delivery import queue
@@ -18,9 +19,7 @@ from mailer.models import (
     Delivery,
     DeliveryStatus,
     Digest,
-    DigestStatus,
     Subscriber,
-    SubscriberStatus,
     utcnow,
 )
 from mailer.smtp import Outcome, SmtpConnection, SmtpFatal
@@ -28,29 +27,16 @@ from mailer.subscribers import normalise_email
 
 
 def retry_failed(db: Database, digest_id: int) -> int:
-    """`digest retry`: failed deliveries of still-active subscribers go back in the queue."""
+    """`digest retry`: failed deliveries of still-active subscribers go back in the queue,
+    and the digest is delivering again (its give-up clock restarted)."""
     with db.session() as s:
         d = s.get(Digest, digest_id)
         if d is None or d.issue_number is None:
             raise NotFound(f"digest #{digest_id} does not exist or was skipped")
-        active = select(Subscriber.id).where(Subscriber.status == SubscriberStatus.ACTIVE)
-        n = s.execute(
-            update(Delivery)
-            .where(
-                Delivery.digest_id == digest_id,
-                Delivery.status == DeliveryStatus.FAILED,
-                Delivery.subscriber_id.in_(active),
-            )
-            .values(status=DeliveryStatus.QUEUED, next_attempt_at=None, updated_at=utcnow())
-        ).rowcount
+        n = queue.requeue_failed(s, digest_id)
         if n:
-            d.status = DigestStatus.SENDING
-            d.retried_at = utcnow()  # the give-up clock starts again
-            d.finished_at = None
-            d.next_run_at = None
-            d.run_failures = 0
-            d.last_error = ""
-        return int(n or 0)
+            digests.reopen(d)
+        return n
 
 
 @dataclass(frozen=True)
@@ -77,7 +63,7 @@ def send_test(cfg: Config, html: str, text: str, subject: str, to: str) -> str:
     """A test copy of a digest to one address; no state changes. Returns the server reply."""
     template = MessageTemplate(cfg, 0, f"[TEST] {subject}", html, text)
     # A fresh Message-ID key for every copy: a mailbox drops a Message-ID it has seen.
-    url = cfg.digest.base_url + digests.PREVIEW_UNSUBSCRIBE
+    url = cfg.digest.base_url + render.PREVIEW_UNSUBSCRIBE
     rcpt = Recipient(0, to, "", url, new_message_key())
     data = template.render(rcpt)
     signer = DkimSigner.from_config(cfg)

@@ -38,8 +38,8 @@ from werkzeug.exceptions import HTTPException
 
 from mailer.config import Config, ConfigInForce, Settings
 from mailer.db import Database
-from mailer.digest import template_environment
 from mailer.errors import database_problem, is_dbapi_error
+from mailer.render import template_environment
 from mailer.tokens import Tokens, load_secret
 from mailer.unsubscribe_outbox import Busy, Outbox, outbox_folder
 from mailer.web import MAX_BODY_BYTES, access, editor, public

@@ -40,9 +40,9 @@ from mailer import catcher, delivery
 from mailer import digest as digests
 from mailer.config import Config
 from mailer.db import Database
-from mailer.digest import PREVIEW_UNSUBSCRIBE, UNSUBSCRIBE_PLACEHOLDER
 from mailer.errors import InputError, MailerError, NotFound
 from mailer.models import Article, Digest, utcnow
+from mailer.render import PREVIEW_UNSUBSCRIBE, UNSUBSCRIBE_PLACEHOLDER
 from mailer.scheduler import Schedule
 from mailer.subscribers import SubscriberStore
 from mailer.themes import Themes

@@ -14,8 +14,8 @@ from flask import Blueprint, Response, abort, render_template, request
 from mailer.articles import is_http_url
 from mailer.config import Config
 from mailer.db import Database
-from mailer.digest import PREVIEW_UNSUBSCRIBE, lead_of
 from mailer.models import Article
+from mailer.render import PREVIEW_UNSUBSCRIBE, lead_of
 from mailer.themes import Themes
 from mailer.web import access
 from mailer.web.subscription import Subscriptions
