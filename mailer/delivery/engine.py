@@ -51,6 +51,7 @@ from mailer import digest as digests
 from mailer.config import Config
 from mailer.db import Database, serialise
 from mailer.delivery import queue
+from mailer.delivery.fastpath import FastPath
 from mailer.delivery.pacing import ConnectionSlots, RateLimiter
 from mailer.dkim import DkimSigner
 from mailer.errors import MailerError
@@ -245,7 +246,7 @@ class Deliverer:
         self, template: MessageTemplate, shared: _Shared, halt: threading.Event, summary: RunSummary
     ) -> None:
         smtp = SmtpConnection(self.cfg.smtp)
-        conn: queue.FastPath | None = None
+        conn: FastPath | None = None
         try:
             conn = self._guard_db(shared, halt, self._fast_path)
             while conn is not None and not (halt.is_set() or self.stop.is_set()):
@@ -298,9 +299,9 @@ class Deliverer:
             if conn is not None:
                 conn.close()
 
-    def _fast_path(self) -> queue.FastPath:
+    def _fast_path(self) -> FastPath:
         # A raw connection from the engine's pool: with the engine's pragmas on SQLite.
-        return queue.FastPath(self.db.engine.raw_connection(), self.db.engine.dialect.name)
+        return FastPath(self.db.engine.raw_connection(), self.db.engine.dialect.name)
 
     def _send(
         self, template: MessageTemplate, smtp: SmtpConnection, job: _Job, shared: _Shared
@@ -417,7 +418,7 @@ class Deliverer:
 
     def _record(
         self,
-        conn: queue.FastPath,
+        conn: FastPath,
         job: _Job,
         result: Result,
         summary: RunSummary,
