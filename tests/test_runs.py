@@ -199,3 +199,77 @@ def test_the_relays_hourly_quota_holds_for_every_run_together(tmp_path, smtp_ser
     assert [p.returncode for p in senders] == [0, 0], outs
     assert len(smtp_server.received) == 25, outs
     assert all("hourly quota used up" in out for out, _ in outs), outs
+
+
+def test_two_senders_one_killed_the_other_finishes_and_mails_everyone_once(
+    tmp_path, smtp_server, database_url
+):
+    lease = 3
+    config = write_config(tmp_path, smtp_server.port, database_url, delivery={"lease_seconds": lease})
+    populate(config, 300)
+    smtp_server.handler.delay = 0.05
+    doomed = _send_now(config)
+    deadline = time.monotonic() + 30
+    while len(smtp_server.received) < 10:
+        assert time.monotonic() < deadline, "the first sender sent nothing"
+        time.sleep(0.01)
+    survivor = _send_now(config)  # joins the digest
+    time.sleep(1.5)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=10)
+    out, err = survivor.communicate(timeout=120)
+    assert survivor.returncode == 0, err
+    assert "finished" in out, out
+    mailed = _mailed(smtp_server)
+    assert len(mailed) == 300, "somebody was skipped"
+    assert sum(n - 1 for n in mailed.values()) <= 4  # at most the killed run's connections
+
+
+def test_two_services_at_one_slot_make_one_digest_and_mail_everyone_once(tmp_path, smtp_server, database_url):
+    import os
+    import urllib.request
+
+    from tests.smtp_server import free_port
+
+    # A daily slot a minute ago, inside the grace window: each service's start-up tick is due.
+    slot = datetime.now(UTC) - timedelta(minutes=1)
+    schedule = {"cron": f"{slot.minute} {slot.hour} * * *", "timezone": "UTC", "grace_hours": 1}
+    configs = []
+    for host in ("a", "b"):
+        (tmp_path / host).mkdir()
+        web = {"port": free_port()}
+        configs.append(
+            (write_config(tmp_path / host, smtp_server.port, database_url, schedule=schedule, web=web), web)
+        )
+    populate(configs[0][0], 100)
+    smtp_server.handler.delay = 0.02
+    env = {**os.environ, "MAILER_SECRET_KEY": "k" * 40, "PYTHONUNBUFFERED": "1"}
+    services = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mailer", "--config", str(c), "serve"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for c, _ in configs
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while len(smtp_server.received) < 100:
+            assert time.monotonic() < deadline, f"only {len(smtp_server.received)} sent"
+            assert all(p.poll() is None for p in services), [p.communicate() for p in services]
+            time.sleep(0.05)
+        time.sleep(1)  # anything still to come would be a duplicate
+        for _, web in configs:  # both kept serving
+            with urllib.request.urlopen(f"http://127.0.0.1:{web['port']}/healthz", timeout=5) as resp:
+                assert resp.status == 200
+    finally:
+        for p in services:
+            p.send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=30)[1] for p in services]
+    mailed = _mailed(smtp_server)
+    assert len(mailed) == 100 and set(mailed.values()) == {1}
+    assert len({r.message["Subject"] for r in smtp_server.received}) == 1  # one digest
+    assert all("Traceback" not in e for e in errs), errs
