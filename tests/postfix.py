@@ -21,8 +21,11 @@ Why it is private:
   through `main_cf` (smtpd_client_connection_count_limit, ...) applies to the tests.
 
 DIR is a short directory under /tmp (UNIX socket paths are limited to 108 bytes) and is
-removed after `postfix stop`. Postfix's master must start as root: without root or without
-Debian's postfix package the test is skipped, saying so.
+removed after `postfix stop`. Postfix's master is a daemon that outlives whoever started
+it, so a watcher process stops it and removes DIR if the test process dies without its
+teardown (kill -9, a timeout, a forked test runner that leaves with os._exit). Postfix's
+master must start as root: without root or without Debian's postfix package the test is
+skipped, saying so.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ postlog   unix-dgram n - n - 1 postlogd
 """
 
 HOSTNAME = "mx.mailer.test"
+
+# Waits for the test process ($1) to end, then stops the instance and removes its folder.
+WATCHER = 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" -c "$3/conf" stop; rm -rf "$3"'
 
 
 @dataclass
@@ -159,9 +165,17 @@ def private_postfix(
         (root / "conf" / "main.cf").write_text(main_cf(root, sink_port, main_cf_extra or {}))
         (root / "conf" / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{relay.port}"))
         _postfix(root, "start")
+        watcher = subprocess.Popen(
+            ["sh", "-c", WATCHER, "postfix-watcher", str(os.getpid()), str(POSTFIX), str(root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not killed with the test's process group
+        )
         try:
             yield relay
         finally:
+            watcher.kill()
+            watcher.wait()
             _postfix(root, "stop")
     finally:
         shutil.rmtree(root, ignore_errors=True)
