@@ -529,6 +529,8 @@ def suite_instances(args: argparse.Namespace, kinds: list[str], tmp: Path) -> No
     print(f"3. building the queue (digest build) for {q:,} subscribers; peak memory per sending instance")
     for kind in kinds if q > 0 else []:
         print(f"   {kind:<10}: {bench_queue(kind, q, tmp):.2f} s (target < 2 s)")
+    if q <= 0:
+        print("   (queue build skipped: --queue-n 0)")
     worst = max(peaks, key=lambda p: p[1])
     print(
         f"   peak RSS, largest of {len(peaks)} sending processes above: {worst[1]:.0f} MB ({worst[0]})",
