@@ -23,12 +23,15 @@ class FastPath:
     """A worker's own raw DB-API connection for the two statements it runs per message.
     SQLAlchemy's execution layer tripled their cost, so they are written here once per
     dialect: SQLite (`?`, an explicit BEGIN IMMEDIATE on a connection in autocommit mode,
-    datetimes in SQLAlchemy's text format) and PostgreSQL through psycopg (`%s`, implicit
-    transactions ended by commit, datetime objects)."""
+    datetimes in SQLAlchemy's text format) and PostgreSQL through psycopg (`%s`, datetime
+    objects, and autocommit: each statement is its own transaction, one round trip, where
+    psycopg's implicit BEGIN and the COMMIT would make three)."""
 
     def __init__(self, raw: Any, dialect: str) -> None:
         self.raw = raw
         self.sqlite = dialect == "sqlite"
+        if not self.sqlite:
+            raw.driver_connection.autocommit = True  # set back in close(), for the pool
         self._record_sql = {k: self._sql(v) for k, v in _RECORD_SQL.items()}
         self._check_sql = self._sql(_CHECK_SQL)
 
@@ -57,15 +60,19 @@ class FastPath:
             args = (reply, now, delivery_id, owner)
         cur = self.raw.cursor()
         try:
-            if self.sqlite:
+            if not self.sqlite:  # autocommit: the statement is its own transaction
+                cur.execute(self._record_sql[status], args)
+                held = cur.rowcount == 1
+            else:
                 cur.execute("BEGIN IMMEDIATE")
-            cur.execute(self._record_sql[status], args)
-            held = cur.rowcount == 1
-            self._commit(cur)
-        except BaseException:
-            with contextlib.suppress(Exception):  # BEGIN itself may be what failed
-                self._rollback(cur)
-            raise
+                try:
+                    cur.execute(self._record_sql[status], args)
+                    held = cur.rowcount == 1
+                    cur.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(Exception):  # BEGIN itself may be what failed
+                        cur.execute("ROLLBACK")
+                    raise
         finally:
             cur.close()
         if not held:
@@ -80,32 +87,21 @@ class FastPath:
         try:
             cur.execute(self._check_sql, (subscriber_id, delivery_id))
             row = cur.fetchone()
-            if not self.sqlite:
-                self.raw.commit()  # end the read's implicit transaction
         finally:
             cur.close()
         if row is None or row[1] != owner:
             raise LostRun()
         return bool(row[0] == SubscriberStatus.ACTIVE)
 
-    def _commit(self, cur: Any) -> None:
-        if self.sqlite:
-            cur.execute("COMMIT")
-        else:
-            self.raw.commit()
-
-    def _rollback(self, cur: Any) -> None:
-        if self.sqlite:
-            cur.execute("ROLLBACK")
-        else:
-            self.raw.rollback()
-
     def close(self) -> None:
         driver = self.raw.driver_connection
-        if not self.sqlite and (getattr(driver, "broken", False) or getattr(driver, "closed", False)):
-            # The server dropped it (a restart): discard it rather than have the pool
-            # try to roll back on a dead socket and log a traceback.
-            self.raw.invalidate()
+        if not self.sqlite:
+            if getattr(driver, "broken", False) or getattr(driver, "closed", False):
+                # The server dropped it (a restart): discard it rather than have the pool
+                # try to roll back on a dead socket and log a traceback.
+                self.raw.invalidate()
+            else:
+                driver.autocommit = False  # as the pool's other users expect it
         self.raw.close()
 
 
