@@ -8,7 +8,9 @@ classified by the stage it came at:
     greeting, EHLO          SmtpBusy     SmtpFatal
     STARTTLS, AUTH          SmtpBusy     SmtpFatal
     MAIL FROM               TEMPORARY    FATAL      (the sender: the same for everyone)
-    RCPT TO                 TEMPORARY    PERMANENT  (that recipient, 5.7.x policy included)
+    RCPT TO                 TEMPORARY    PERMANENT  (that recipient, 5.7.x policy included),
+                                         FATAL      when it says the relay refuses to relay
+                                                    for us ("Relay access denied")
     DATA and end of data    TEMPORARY    FATAL      (the message is the same for everyone),
                                          PERMANENT  when the code is about the address or
                                                     mailbox (5.1.x, 5.2.x: "552 5.2.2 full")
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 import smtplib
 import socket
 import ssl
@@ -298,9 +301,18 @@ def _classify(code: int, text: bytes, stage: str) -> Result:
     # At DATA the message is refused, and it is the same for everyone ("554 5.7.1 spam",
     # "552 message too large"), unless the enhanced code after the reply code names the
     # address or the mailbox (5.1.x, 5.2.x).
+    if stage == "RCPT TO" and _RELAYING_DENIED.search(reply):
+        # "554 5.7.1 <x@y>: Relay access denied": the relay will not relay for us at all
+        # (our address or login is not allowed), so every reader would be refused alike.
+        return Result(Outcome.FATAL, f"{stage}: {reply}")
     if stage == "RCPT TO" or reply[4:].startswith(("5.1.", "5.2.")):
         return Result(Outcome.PERMANENT, reply)
     return Result(Outcome.FATAL, f"{stage}: {reply}")
+
+
+# Postfix "Relay access denied", Exim "relay not permitted", Sendmail "Relaying denied",
+# Exchange "Unable to relay".
+_RELAYING_DENIED = re.compile(r"relay(ing)? (access )?(denied|not permitted)|unable to relay", re.I)
 
 
 def _quietly_close(conn: smtplib.SMTP | None) -> None:

@@ -108,6 +108,9 @@ def test_bounce_threshold_is_configurable(seeded, tmp_path, smtp_server):
     [
         ("MAIL", "535 5.7.8 authentication failed"),
         ("MAIL", "530 5.7.0 must issue a STARTTLS command first"),
+        # A relay that will not relay for us refuses every reader alike: nobody is bounced.
+        ("RCPT", "554 5.7.1 <ada@example.com>: Relay access denied"),
+        ("RCPT", "550 5.7.1 Unable to relay for ada@example.com"),
     ],
 )
 def test_configuration_errors_stop_the_run_and_keep_everything_pending(
