@@ -1,8 +1,9 @@
 """Configuration: `config.toml` (tomllib) overlaid with `MAILER_<SECTION>_<KEY>` variables.
 
-pydantic-settings does the typing, the env overlay and the unknown-key checks; this module
-only finds the file, resolves relative paths against it and turns the first validation
-error into one line that names the key and where it came from.
+pydantic-settings does the typing, the env overlay and the unknown-key checks (the schema
+is mailer.settings); this module only finds the file, resolves relative paths against it
+and turns the first validation error into one line that names the key and where it came
+from.
 
 A misspelt variable is refused like a misspelt key in the file. pydantic-settings refuses
 an unknown key inside a known section (MAILER_SMTP_HOTS: the section model forbids extras)
@@ -14,22 +15,33 @@ few in NON_CONFIG_VARIABLES, which other parts of mailer read themselves.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any, get_origin
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from mailer.errors import ConfigError
+from mailer.settings import (
+    ENV_PREFIX,
+    ArticlesConfig,
+    CatcherConfig,
+    DatabaseConfig,
+    DeliveryConfig,
+    DigestConfig,
+    DkimConfig,
+    ScheduleConfig,
+    Settings,
+    SmtpConfig,
+    ThemeConfig,
+    WebConfig,
+)
 
-ENV_PREFIX = "MAILER_"
 # The only MAILER_* variables that are not config keys. (The passwords are keys, smtp.password
 # and web.password, set only this way: MAILER_SMTP_PASSWORD, MAILER_WEB_PASSWORD.)
 NON_CONFIG_VARIABLES = frozenset(
@@ -40,282 +52,6 @@ NON_CONFIG_VARIABLES = frozenset(
         "MAILER_TEST_POSTGRES_URL",  # the test suite's PostgreSQL server
     }
 )
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 (also IPv4-mapped), `localhost`; a bracketed IPv6 literal is fine."""
-    host = host.strip().strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatabaseConfig(_Section):
-    url: str = "sqlite:///var/mailer.db"
-
-
-class SmtpConfig(_Section):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 2525
-    security: Literal["none", "starttls", "ssl"] = "none"
-    username: str = ""
-    # Set it with MAILER_SMTP_PASSWORD; it is never printed or logged.
-    password: str = Field(default="", repr=False)
-    ca_file: str = ""
-    timeout: Annotated[float, Field(gt=0)] = 30.0
-    from_address: str = "digest@localhost"
-    from_name: str = "Newsletter"
-    # Domain used in Message-IDs; defaults to the domain of from_address.
-    message_id_domain: str = ""
-    connections: Annotated[int, Field(ge=1, le=64)] = 4
-    max_per_second: Annotated[int, Field(ge=0)] = 0
-    max_per_hour: Annotated[int, Field(ge=0)] = 0
-
-    @field_validator("from_address")
-    @classmethod
-    def _valid_from(cls, value: str) -> str:
-        from email_validator import EmailNotValidError, validate_email
-
-        try:
-            result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
-        except EmailNotValidError as exc:
-            raise ValueError(f"from_address {value!r} is not an email address: {exc}") from None
-        return result.ascii_email or result.normalized
-
-    @field_validator("message_id_domain")
-    @classmethod
-    def _valid_domain(cls, value: str) -> str:
-        if value and not re.fullmatch(
-            r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*", value
-        ):
-            raise ValueError(f"message_id_domain must be a plain DNS name, got {value!r}")
-        return value
-
-
-class CatcherConfig(_Section):
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 2525
-    folder: str = "var/mail"
-
-
-class ScheduleConfig(_Section):
-    cron: str = "0 8 * * mon"
-    timezone: str = "UTC"
-    # A slot missed while the service was down is still sent if it is at most this old.
-    grace_hours: Annotated[float, Field(ge=0)] = 12
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
-        return value
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, value: str) -> str:
-        from mailer.scheduler import make_trigger  # local: scheduler imports config
-
-        make_trigger(value, "UTC")
-        return value
-
-
-_SUBJECT_FIELDS = {"name": "Weekly", "issue": 1, "themes": "AI, Chips", "date": "1 Jan 2026"}
-
-
-class DigestConfig(_Section):
-    name: str = "Weekly Digest"
-    subject: str = "{name} #{issue}: {themes}"
-    max_articles: Annotated[int, Field(ge=1)] = 40
-    min_articles: Annotated[int, Field(ge=0)] = 1
-    base_url: str = "http://127.0.0.1:8080"
-    language: str = "en"
-    accent_color: str = "#1a56db"
-    footer_text: str = "You receive this because you subscribed to our newsletter."
-    postal_address: str = ""
-    templates: str = "templates"
-    lead_chars: Annotated[int, Field(ge=40)] = 320
-
-    @field_validator("subject")
-    @classmethod
-    def _valid_subject(cls, value: str) -> str:
-        try:
-            value.format(**_SUBJECT_FIELDS)
-        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
-            raise ValueError(
-                f"bad subject template {value!r}: use only {{name}}, {{issue}}, {{themes}}, {{date}}"
-            ) from exc
-        return value
-
-    @field_validator("base_url")
-    @classmethod
-    def _valid_base_url(cls, value: str) -> str:
-        # Printable ASCII only: it is written into links and the List-Unsubscribe header.
-        if not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+(/[!-~]*)?", value) or any(
-            c in value for c in "<>\"'"
-        ):
-            raise ValueError(f"base_url must be an absolute http(s) URL in plain ASCII, got {value!r}")
-        if value.startswith("http:") and not is_loopback(urlsplit(value).hostname or ""):
-            # Mailbox providers only honour one-click unsubscribe over https (RFC 8058).
-            raise ValueError(f"base_url must use https (http is only for a loopback preview), got {value!r}")
-        return value.rstrip("/")
-
-    @field_validator("accent_color")
-    @classmethod
-    def _valid_colour(cls, value: str) -> str:
-        if not re.fullmatch(r"#[0-9a-fA-F]{3}|#[0-9a-fA-F]{6}", value):
-            raise ValueError(f"accent_color must be a hex colour like #1a56db, got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _min_not_above_max(self) -> DigestConfig:
-        if self.min_articles > self.max_articles:
-            raise ValueError("min_articles is larger than max_articles")
-        return self
-
-
-class DeliveryConfig(_Section):
-    # Delays before the 1st, 2nd, ... retry of a temporary failure; the last one repeats.
-    retry_minutes: list[Annotated[float, Field(gt=0)]] = Field(default=[1, 5, 15, 60, 180], min_length=1)
-    # Deliveries still not done this long after the digest was built are marked failed.
-    give_up_hours: Annotated[float, Field(gt=0)] = 72
-    # Permanent failures (5xx) after which a subscriber is marked bounced.
-    bounce_threshold: Annotated[int, Field(ge=1)] = 1
-    # Stop the run after this many consecutive failures of any kind.
-    max_consecutive_errors: Annotated[int, Field(ge=1)] = 50
-    # A sending run renews its claim on a digest every third of this; a run that dies
-    # (kill -9, a lost host, a container restart) is taken over once it runs out.
-    lease_seconds: Annotated[int, Field(ge=3, le=3600)] = 60
-
-
-class WebConfig(_Section):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8080
-    # Needed for the editor's pages when host is not loopback (MAILER_WEB_PASSWORD).
-    password: str = Field(default="", repr=False)
-
-
-class ArticlesConfig(_Section):
-    # Lines that are a source's boilerplate (promotional footers). Compared letters and
-    # digits only, case-insensitive, so spacing and punctuation variants all match.
-    boilerplate: list[str] = Field(default_factory=list)
-    # Regular expressions (case-insensitive, whole line) for scraped-page chrome to drop.
-    chrome: list[str] = Field(default_factory=list)
-    # Regular expressions (case-sensitive) removed from inside paragraphs: chrome that a
-    # scraper glued into running text, such as photo credits.
-    inline_chrome: list[str] = Field(default_factory=list)
-    # A line matching one of these ends the article; what follows is a block of teasers.
-    related_markers: list[str] = Field(default_factory=list)
-    import_related: bool = True
-    seed_folder: str = "seeds"
-
-    @field_validator("chrome", "inline_chrome", "related_markers")
-    @classmethod
-    def _valid_regexes(cls, values: list[str]) -> list[str]:
-        for pattern in values:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
-        return values
-
-
-_DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*")
-
-
-class DkimConfig(_Section):
-    enabled: bool = False
-    # The signing domain (d=) and selector (s=): the public key is published as a TXT
-    # record at <selector>._domainkey.<domain>.
-    domain: str = ""
-    selector: str = ""
-    # PEM RSA private key; relative to the config file (Config.resolve).
-    key_file: str = ""
-
-    @field_validator("domain", "selector")
-    @classmethod
-    def _valid_dns_name(cls, value: str) -> str:
-        if value and not _DNS_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} is not a DNS name (ASCII letters, digits, '-', '_' and dots)")
-        return value
-
-    @model_validator(mode="after")
-    def _complete_when_enabled(self) -> DkimConfig:
-        if self.enabled:
-            values = {"domain": self.domain, "selector": self.selector, "key_file": self.key_file}
-            missing = [f"dkim.{key}" for key, value in values.items() if not value.strip()]
-            if missing:
-                verb = "is" if len(missing) == 1 else "are"
-                raise ValueError(f"{', '.join(missing)} {verb} required when dkim.enabled = true")
-        return self
-
-
-class ThemeConfig(_Section):
-    slug: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
-    name: str
-    keywords: list[str] = Field(default_factory=list)
-    fallback: bool = False
-
-
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="_",
-        env_nested_max_split=1,
-        extra="forbid",
-        frozen=True,
-    )
-
-    database: DatabaseConfig = DatabaseConfig()
-    smtp: SmtpConfig = SmtpConfig()
-    catcher: CatcherConfig = CatcherConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    digest: DigestConfig = DigestConfig()
-    delivery: DeliveryConfig = DeliveryConfig()
-    web: WebConfig = WebConfig()
-    articles: ArticlesConfig = ArticlesConfig()
-    dkim: DkimConfig = DkimConfig()
-    themes: list[ThemeConfig] = Field(
-        default_factory=lambda: [ThemeConfig(slug="other", name="More news", fallback=True)]
-    )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment overrides the file (the file arrives as init kwargs).
-        return (env_settings, init_settings)
-
-    # A field validator (not a model validator) so the error names the key: `themes`.
-    @field_validator("themes")
-    @classmethod
-    def _themes_consistent(cls, themes: list[ThemeConfig]) -> list[ThemeConfig]:
-        slugs = [t.slug for t in themes]
-        dupes = sorted({s for s in slugs if slugs.count(s) > 1})
-        if dupes:
-            raise ValueError(f"theme slug {dupes[0]!r} is defined twice")
-        fallbacks = [t.slug for t in themes if t.fallback]
-        if len(fallbacks) != 1:
-            raise ValueError(f"exactly one theme needs fallback = true (found {len(fallbacks)})")
-        return themes
 
 
 class Config:

@@ -13,8 +13,8 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from mailer.config import ArticlesConfig
 from mailer.errors import InputError
+from mailer.settings import ArticlesConfig
 
 MAX_TITLE_CHARS = 300
 # A paragraph that may be a headline left behind by a missing footer (see _split_untitled).

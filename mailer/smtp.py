@@ -52,8 +52,8 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from mailer.config import SmtpConfig
 from mailer.errors import MailerError
+from mailer.settings import SmtpConfig
 
 
 class Outcome(enum.Enum):

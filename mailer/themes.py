@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailer.config import ThemeConfig
+from mailer.settings import ThemeConfig
 
 TITLE_WEIGHT = 3
 BODY_WEIGHT = 1

@@ -29,8 +29,8 @@ import trustme
 from sqlalchemy import select
 
 from mailer import campaign
-from mailer.config import SmtpConfig
 from mailer.models import Delivery, Subscriber
+from mailer.settings import SmtpConfig
 from mailer.smtp import Outcome, Result, SmtpBusy, SmtpConnection, SmtpFatal
 from tests.postfix import HOSTNAME, Postfix, private_postfix
 from tests.smtp_server import SmtpServer, free_port

@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import select
 
 from mailer.articles import ArticleStore
-from mailer.config import ThemeConfig
 from mailer.models import Article
+from mailer.settings import ThemeConfig
 from mailer.themes import Themes
 from tests.conftest import SEEDS
 

@@ -17,7 +17,7 @@ provably comes from this machine and not through anything else:
 The waitress settings (mailer.service.WEB_SERVER) keep proxy headers in the environment
 so this check sees them; nothing here trusts their values. Every other request needs the
 password (web.password / MAILER_WEB_PASSWORD, HTTP Basic), and without one configured
-the editor's pages do not exist (404). `mailer.config.is_loopback` is the only place that decides
+the editor's pages do not exist (404). `mailer.settings.is_loopback` is the only place that decides
 whether a host is loopback.
 
 State-changing POSTs are refused (403) when the browser says they come from another
@@ -38,7 +38,8 @@ from urllib.parse import SplitResult, urlsplit
 
 from flask import Request, Response, abort
 
-from mailer.config import Config, is_loopback
+from mailer.config import Config
+from mailer.settings import is_loopback
 
 PROXY_HEADERS = ("Forwarded", "X-Real-IP", "Via")
 PROXY_PREFIX = "X-Forwarded-"
