@@ -80,6 +80,9 @@ def test_service_starts_serves_and_stops_cleanly_on_sigterm(tmp_path, smtp_serve
         lines = []
         _wait_for(lambda: "preview:" in (lines.append(proc.stdout.readline()) or "".join(lines)), 30)
         assert f"http://127.0.0.1:{web_port}/preview" in "".join(lines)
+        # `make run` on a new database: the sample articles and the demo readers.
+        assert "sample articles: 40 new" in "".join(lines)
+        assert "demo subscribers: 3 added" in "".join(lines)
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/preview", timeout=10) as resp:
             assert resp.status == 200 and b"Tech Policy Weekly" in resp.read()
         # The catcher is a real SMTP server that stores what it gets.

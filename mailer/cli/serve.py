@@ -37,10 +37,9 @@ def serve_cmd(app: App, with_demo: bool) -> None:
     from mailer import service
 
     logging.getLogger().setLevel(logging.INFO)
-    wait_for_database(app)
+    new = wait_for_database(app)
     shared_settings.check(app.db, app.cfg)
     if with_demo:
-        new = demo.is_new(app.cfg)
         for line in demo.load(app.db, app.cfg, new):
             click.echo(line)
     service.serve(app.db, app.cfg)
@@ -49,15 +48,17 @@ def serve_cmd(app: App, with_demo: bool) -> None:
 DATABASE_BACKOFF_SECONDS = [1, 2, 5, 10, 30]
 
 
-def wait_for_database(app: App) -> None:
+def wait_for_database(app: App) -> bool:
     """A service outlives its database's restarts: while the server cannot be reached it
     logs one line and tries again with back-off (a command would exit instead). Problems
-    a retry cannot fix (a bad URL, no driver, a schema from a newer mailer) still stop it."""
+    a retry cannot fix (a bad URL, no driver, a schema from a newer mailer) still stop it.
+    Returns whether the database was new (no schema before this start: demo.is_new)."""
     log = logging.getLogger("mailer.service")
     for attempt in itertools.count():
         try:
+            new = demo.is_new(app.cfg)  # before app.db migrates it
             app.db  # noqa: B018 (connects and migrates)
-            return
+            return new
         except (SQLAlchemyError, OSError) as exc:
             wait = DATABASE_BACKOFF_SECONDS[min(attempt, len(DATABASE_BACKOFF_SECONDS) - 1)]
             log.error("%s; trying again in %s s", database_problem(exc, app.cfg.database_url), wait)
