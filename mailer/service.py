@@ -4,7 +4,7 @@ APScheduler only triggers `tick`: the cron trigger at each slot, once at start-u
 catch a slot missed while the service was down) and every minute (to resume unfinished
 digests and retries). Every decision is taken from the database, so a tick that finds
 nothing to do does nothing, and two services against one database cannot send a slot
-twice (see mailer.digest.build and the delivery lease in mailer.delivery).
+twice (see mailer.digest.build and the delivery runs in mailer.delivery.queue).
 
 The configuration is reloaded while the service runs: on SIGHUP, and when the file
 changes (ConfigWatcher polls its size, mtime and inode every CONFIG_POLL seconds and
