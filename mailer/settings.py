@@ -174,8 +174,8 @@ class DeliveryConfig(_Section):
     bounce_threshold: Annotated[int, Field(ge=1)] = 1
     # Stop the run after this many consecutive failures of any kind.
     max_consecutive_errors: Annotated[int, Field(ge=1)] = 50
-    # A sending run renews its claim on a digest every third of this; a run that dies
-    # (kill -9, a lost host, a container restart) is taken over once it runs out.
+    # A sending run renews its heartbeat every third of this; what a run that dies (kill
+    # -9, a lost host, a container restart) had in flight is taken over once it runs out.
     lease_seconds: Annotated[int, Field(ge=3, le=3600)] = 60
 
 
