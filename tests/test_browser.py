@@ -8,7 +8,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from mailer import campaign
 from mailer.articles import ArticleStore
@@ -17,29 +17,19 @@ from mailer.db import Database
 from mailer.models import Article, utcnow
 from mailer.scheduler import Schedule
 from mailer.subscribers import SubscriberStore
+from tests.chromium import chromium
 from tests.conftest import SEEDS
 from tests.smtp_server import SmtpServer
 from tests.web_server import WebServer, statuses, unsubscribe_url, write_test_config
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ADA = "ada@example.org"
 BOB = "bob@example.org"
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

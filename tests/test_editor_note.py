@@ -192,7 +192,8 @@ def test_the_note_fits_a_phone_without_the_style_block_and_is_readable_in_dark_m
 ) -> None:
     from playwright.sync_api import sync_playwright
 
-    from tests.test_email_layout import CHROMIUM_ARGS, LONG_WORD, open_page, rgb
+    from tests.chromium import CHROMIUM_ARGS
+    from tests.test_email_layout import LONG_WORD, open_page, rgb
 
     long_url = "https://example.org/" + "a" * 120
     notes.set_note(seeded, f"{LONG_WORD} and <{long_url}>, then [a link]({long_url}).")

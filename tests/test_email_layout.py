@@ -29,24 +29,16 @@ from typing import Any, Literal
 import cssutils
 import pytest
 from lxml import html as lxml_html
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from mailer import digest as digests
 from mailer.articles import ArticleStore
 from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.render import contrast, luminance
+from tests.chromium import chromium
 from tests.conftest import ROOT, SEEDS, write_config
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 EMAIL_CHECK = ROOT / "tools" / "email-check"
 CLIENTS = ["gmail.*", "outlook.*", "apple-mail.*"]
 # One unbreakable 70-character word: a long URL or name in a title must wrap, not widen.
@@ -73,10 +65,8 @@ TEXT_COLOURS = """() => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

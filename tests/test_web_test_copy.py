@@ -14,25 +14,17 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from mailer import digest as digests
 from mailer.articles import ArticleStore
 from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.models import Article, Digest
+from tests.chromium import chromium
 from tests.smtp_server import SmtpServer
 from tests.web_server import WebServer, write_test_config
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PAGE = "/preview/test-copy"
 EDITOR = "editor@example.org"
 PASSWORD = "correct horse battery"
@@ -40,10 +32,8 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
