@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from mailer.articles import ArticleStore, read_regular_file
-from mailer.cli.base import App, _json, cli, command, out
+from mailer.cli.base import App, Listing, _json, cli, command, listing
 from mailer.errors import InputError
 from mailer.models import Article
 
@@ -106,18 +106,14 @@ def articles_add(
 @command(articles, "list")
 @click.option("--unsent", is_flag=True, help="Only articles not yet in a digest.")
 @click.option("--theme", help="Only this theme.")
-@click.option("--json", "as_json", is_flag=True)
-def articles_list(app: App, unsent: bool, theme: str | None, as_json: bool) -> None:
+@listing
+def articles_list(app: App, unsent: bool, theme: str | None) -> Listing:
     """List articles in digest order."""
     rows = ArticleStore(app.db, app.cfg).list(unsent, theme)
-    if as_json:
-        _json([_article_dict(a) for a in rows])
-        return
     table = Table("id", "theme", "title", "state", box=None)
     for a in rows:
         table.add_row(str(a.id), a.theme, a.title, a.state)
-    out.print(table)
-    click.echo(f"{len(rows)} article(s)")
+    return Listing([_article_dict(a) for a in rows], table, f"{len(rows)} article(s)")
 
 
 @command(articles, "set-theme")
