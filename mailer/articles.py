@@ -20,6 +20,9 @@ What an import reads, and why nothing else is read:
   name. The file opened must still be the one that was checked (same device and inode).
 * Each file once. A file reached twice (a link to another file of the folder, or a path
   named twice) is read under its own name, and the other paths say which file they repeat.
+
+About 415 lines: the import of files and the editor's per-article commands share one
+store; the file import is the piece to move out next.
 """
 
 from __future__ import annotations
@@ -366,22 +369,21 @@ class ArticleStore:
     def pin(self, article_id: int, pinned: bool = True) -> Article:
         """Pin (top of its section, chosen first for the next issue) or unpin. Pinning a
         pinned article keeps its place among the pinned."""
-        with self.db.session() as s:
-            article = self._unsent(s, article_id, "pinned" if pinned else "unpinned")
-            if not pinned:
-                article.pinned_at = None
-            elif article.pinned_at is None:
-                article.pinned_at = utcnow()
-            return article
+        return self._mark(article_id, "pinned_at", pinned, "pinned" if pinned else "unpinned")
 
     def hold(self, article_id: int, held: bool = True) -> Article:
         """Hold (kept out of every digest, stays unsent) or release."""
+        return self._mark(article_id, "held_at", held, "held" if held else "released")
+
+    def _mark(self, article_id: int, field: str, on: bool, verb: str) -> Article:
+        """Set a timestamp mark (pinned_at, held_at) on an unsent article, or clear it; a
+        mark already set keeps its time (the order among the pinned)."""
         with self.db.session() as s:
-            article = self._unsent(s, article_id, "held" if held else "released")
-            if not held:
-                article.held_at = None
-            elif article.held_at is None:
-                article.held_at = utcnow()
+            article = self._unsent(s, article_id, verb)
+            if not on:
+                setattr(article, field, None)
+            elif getattr(article, field) is None:
+                setattr(article, field, utcnow())
             return article
 
     def edit(self, article_id: int, title: str | None = None, summary: str | None = None) -> Article:

@@ -17,6 +17,9 @@ none is taken: a file that does not load is refused with the one line the CLI wo
 print, and the old Config stays in force. What the running process was started with and
 cannot change (RESTART_ONLY: the sockets it listens on, the catcher's folder, the database
 it holds open) keeps its old value, and the log says it needs a restart.
+
+About 410 lines: the process (start, banner, shutdown) and the config reload it owns share
+the Service's state; the reload is a third of it and would be the piece to move next.
 """
 
 from __future__ import annotations

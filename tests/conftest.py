@@ -68,6 +68,15 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium (tests/chromium.py), one per test module that asks for it."""
+    from tests.chromium import chromium
+
+    with chromium() as launched:
+        yield launched
+
+
 @pytest.fixture
 def smtp_server() -> Iterator[SmtpServer]:
     server = SmtpServer().start()

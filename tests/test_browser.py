@@ -17,19 +17,12 @@ from mailer.db import Database
 from mailer.models import Article, utcnow
 from mailer.scheduler import Schedule
 from mailer.subscribers import SubscriberStore
-from tests.chromium import chromium
 from tests.conftest import SEEDS
 from tests.smtp_server import SmtpServer
 from tests.web_server import WebServer, statuses, unsubscribe_url, write_test_config
 
 ADA = "ada@example.org"
 BOB = "bob@example.org"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +35,6 @@ from mailer.articles import ArticleStore
 from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.render import contrast, luminance
-from tests.chromium import chromium
 from tests.conftest import ROOT, SEEDS, write_config
 
 EMAIL_CHECK = ROOT / "tools" / "email-check"
@@ -61,12 +59,6 @@ TEXT_COLOURS = """() => {
   return picks.flatMap(sel => Array.from(document.querySelectorAll(sel)).slice(0, 3).map(
     el => ({sel, color: getComputedStyle(el).color, background: behind(el)})));
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture

@@ -21,19 +21,12 @@ from mailer.articles import ArticleStore
 from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.models import Article, Digest
-from tests.chromium import chromium
 from tests.smtp_server import SmtpServer
 from tests.web_server import WebServer, write_test_config
 
 PAGE = "/preview/test-copy"
 EDITOR = "editor@example.org"
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture
