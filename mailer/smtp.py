@@ -50,6 +50,7 @@ import re
 import smtplib
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailer.errors import MailerError
@@ -68,6 +69,21 @@ class Outcome(enum.Enum):
 class Result:
     outcome: Outcome
     reply: str
+
+
+class _Once:
+    """A `before_data` hook run at most once; its answer kept for a retried transaction."""
+
+    def __init__(self, hook: Callable[[], Result | None] | None) -> None:
+        self.hook = hook
+        self.ran = False
+        self.answer: Result | None = None
+
+    def __call__(self) -> Result | None:
+        if self.hook is not None and not self.ran:
+            self.ran = True
+            self.answer = self.hook()
+        return self.answer
 
 
 class SmtpFatal(MailerError):
@@ -182,26 +198,36 @@ class SmtpConnection:
             return SmtpFatal(f"TLS with {where} failed: {exc.reason or exc}")
         return SmtpFatal(f"SMTP server {where} unreachable: {exc.strerror or exc}")
 
-    def send(self, sender: str, recipient: str, data: bytes) -> Result:
+    def send(
+        self, sender: str, recipient: str, data: bytes, before_data: Callable[[], Result | None] | None = None
+    ) -> Result:
         """One transaction, on the open connection or a new one. A connection the server
         dropped (often one it found idle too long) is re-opened once; dropped again, the
         message is TEMPORARY. Opening raises SmtpBusy or SmtpFatal (see `open`), so this
-        does too."""
+        does too.
+
+        `before_data` runs once the envelope is on its way and before the message is:
+        the caller's last word (its database round trip overlaps the relay's replies).
+        A Result from it means "do not send": the transaction is abandoned (RSET, or a
+        dropped connection once the server has said 354, since any end of data would
+        deliver) and that Result returned. It runs at most once, even across a re-opened
+        connection; its answer stands for the retry."""
+        gate = _Once(before_data)
         try:
-            return self._send_once(sender, recipient, data)
+            return self._send_once(sender, recipient, data, gate)
         except OSError:  # smtplib.SMTPServerDisconnected is one
             self.close(polite=False)
         try:
-            return self._send_once(sender, recipient, data)
+            return self._send_once(sender, recipient, data, gate)
         except OSError as exc:
             self.close(polite=False)
             return Result(Outcome.TEMPORARY, f"connection lost: {self._lost(exc)}")
 
-    def _send_once(self, sender: str, recipient: str, data: bytes) -> Result:
+    def _send_once(self, sender: str, recipient: str, data: bytes, gate: _Once) -> Result:
         if self.conn is None:
             self.open()
         assert self.conn is not None
-        return self._transaction(self.conn, sender, recipient, data)
+        return self._transaction(self.conn, sender, recipient, data, gate)
 
     def _lost(self, exc: OSError) -> str:
         if isinstance(exc.__context__, TimeoutError):  # smtplib wraps every socket error
@@ -219,7 +245,9 @@ class SmtpConnection:
             self.close(polite=False)
         return result
 
-    def _transaction(self, conn: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> Result:
+    def _transaction(
+        self, conn: smtplib.SMTP, sender: str, recipient: str, data: bytes, gate: _Once
+    ) -> Result:
         """MAIL, RCPT, DATA and the message. With PIPELINING (RFC 2920) the three commands
         go out in one write, which saves two round trips per message; without it each
         waits for the previous one's success. The message is sent as ready bytes: the
@@ -234,12 +262,18 @@ class SmtpConnection:
         # Dot-stuffing (RFC 5321 4.5.2) in C: a no-op for our base64 bodies.
         data = (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
         commands = [f"MAIL FROM:<{sender}>", f"RCPT TO:<{recipient}>", "DATA"]
+        stop: Result | None = None
         if conn.has_extn("pipelining"):
             conn.send("".join(f"{command}\r\n" for command in commands).encode("ascii"))
+            stop = gate()  # while the three replies are on their way
             replies = [_check(conn.getreply()) for _ in commands]
         else:
             replies = []
             for command, (_, accepted) in zip(commands, _STEPS, strict=True):
+                if command == "DATA":
+                    stop = gate()
+                    if stop is not None:
+                        break
                 replies.append(_check(conn.docmd(command)))
                 if replies[-1][0] not in accepted:
                     break
@@ -249,7 +283,14 @@ class SmtpConnection:
                     # The server took DATA although we cannot go on: end it empty, then reset.
                     conn.send(b".\r\n")
                     conn.getreply()
-                return self._after_refusal(conn, _classify(code, text, stage))
+                return self._after_refusal(conn, stop or _classify(code, text, stage))
+        if stop is not None:
+            if replies and replies[-1][0] == 354:
+                # Any end of data would deliver: only a lost connection abandons the
+                # message (RFC 5321 3.3). The next message opens a new one.
+                self.close(polite=False)
+                return stop
+            return self._after_refusal(conn, stop)
         conn.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
         code, text = _check(conn.getreply())
         if code != 250:

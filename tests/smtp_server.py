@@ -105,6 +105,7 @@ def free_port() -> int:
 
 class SmtpServer:
     def __init__(self, pipelining: bool = False, **controller_kw: Any) -> None:
+        self.pipelining = pipelining
         self.handler = PipeliningHandler() if pipelining else Handler()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port(), **controller_kw)
 

@@ -366,6 +366,41 @@ def test_without_pipelining_nothing_follows_a_refused_sender_but_rset(
     assert peer.verbs() == verbs
 
 
+def test_before_data_runs_once_after_the_envelope_and_its_result_calls_the_message_off(
+    aiosmtpd: SmtpServer,
+) -> None:
+    calls: list[str] = []
+
+    def last_word(answer: Result | None) -> Callable[[], Result | None]:
+        def hook() -> Result | None:
+            calls.append("hook")
+            return answer
+
+        return hook
+
+    left = Result(Outcome.SKIPPED, "subscriber no longer active")
+    with SmtpConnection(smtp_config(aiosmtpd.port)) as smtp:
+        results = [
+            smtp.send(SENDER, "gone@example.com", MESSAGE, before_data=last_word(left)),
+            smtp.send(SENDER, "stays@example.com", MESSAGE, before_data=last_word(None)),
+        ]
+    assert results[0] == left and results[1].outcome is Outcome.SENT
+    assert calls == ["hook", "hook"]
+    assert [r.recipients for r in aiosmtpd.handler.received] == [["stays@example.com"]]
+
+
+def test_a_refused_recipient_still_gives_the_hook_its_say_and_its_answer_wins(aiosmtpd: SmtpServer) -> None:
+    # A called-off message is not counted against its recipient (no bounce for a reader
+    # who has just left), even when the relay also refused the address.
+    refuse(aiosmtpd, "RCPT", "550 5.1.1 user unknown")
+    left = Result(Outcome.SKIPPED, "subscriber no longer active")
+    with SmtpConnection(smtp_config(aiosmtpd.port)) as smtp:
+        result = smtp.send(SENDER, "bad@example.com", MESSAGE, before_data=lambda: left)
+        assert smtp.send(SENDER, "ada@example.com", MESSAGE).outcome is Outcome.SENT
+    expected = left if aiosmtpd.pipelining else Result(Outcome.PERMANENT, "550 5.1.1 user unknown")
+    assert result == expected  # without PIPELINING the refusal comes first: no DATA, no hook
+
+
 def test_a_busy_reply_made_without_a_server_name_still_reads_well() -> None:
     busy = SmtpBusy("421 4.7.0 too many connections")
     assert str(busy) == "The SMTP server cannot take a connection now: 421 4.7.0 too many connections"
@@ -886,6 +921,23 @@ def test_postfix_pipelines_and_its_access_map_refuses_one_recipient_without_endi
     _wait_for(lambda: "zoe@example.com" in postfix.delivered(), "Postfix to deliver")
     assert postfix.delivered()["ada@example.com"] == postfix.delivered()["zoe@example.com"] == 1
     assert REJECTED not in postfix.delivered()
+
+
+def test_a_message_called_off_after_its_envelope_never_reaches_postfix_and_the_next_one_does(
+    postfix: Postfix,
+) -> None:
+    # The engine's last check runs while Postfix answers MAIL, RCPT and DATA (pipelined):
+    # once Postfix has said 354, only a dropped connection abandons the message.
+    left = Result(Outcome.SKIPPED, "subscriber no longer active")
+    with SmtpConnection(smtp_config(postfix.port)) as smtp:
+        called_off = smtp.send(SENDER, "gone@example.com", MESSAGE, before_data=lambda: left)
+        assert smtp.conn is None  # dropped, not ended with a "."
+        after = smtp.send(SENDER, "stays@example.com", MESSAGE, before_data=lambda: None)
+    assert called_off == left and after.outcome is Outcome.SENT
+    _wait_for(lambda: "lost connection after DATA" in postfix.log, "Postfix to log the dropped session")
+    postfix.wait_until_empty()
+    _wait_for(lambda: "stays@example.com" in postfix.delivered(), "Postfix to deliver")
+    assert "gone@example.com" not in postfix.delivered()
 
 
 def test_postfix_over_its_connection_limit_answers_421_which_is_busy_not_fatal() -> None:

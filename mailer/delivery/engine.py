@@ -39,6 +39,7 @@ crash argument above reads in one place; the database side lives in queue.py.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -67,6 +68,8 @@ log = logging.getLogger("mailer.delivery")
 # Rows claimed at a time, per connection: enough that claiming costs little, few enough
 # that runs joining a digest find rows left to share.
 CLAIM_PER_CONNECTION = 50
+# Fewer than this many left, per connection: the next batch is claimed ahead.
+REFILL_PER_CONNECTION = 10
 # Digests being delivered by this process: one run per digest and process is enough (it
 # has smtp.connections workers), so a second thread of the process stays out.
 _ACTIVE: set[int] = set()
@@ -108,6 +111,9 @@ class _Shared:
 
     def __init__(self, connections: int) -> None:
         self.write_lock = threading.Lock()
+        # Taking a job must not wait behind another worker's write (SQLite's records hold
+        # write_lock): the jobs have a lock of their own, taken inside write_lock if both.
+        self.jobs_lock = threading.Lock()
         self.jobs: collections.deque[_Job] = collections.deque()
         self.more = True
         self.consecutive = 0  # failures in a row, across connections
@@ -115,8 +121,12 @@ class _Shared:
         self.slots = ConnectionSlots(connections)
 
     def give_back(self, job: _Job) -> None:
-        with self.write_lock:
+        with self.jobs_lock:
             self.jobs.appendleft(job)
+
+    def take(self) -> _Job | None:
+        with self.jobs_lock:
+            return self.jobs.popleft() if self.jobs else None
 
     def drained(self) -> bool:
         return not self.jobs and not self.more
@@ -146,6 +156,9 @@ class Deliverer:
         self.quota_reset: float | None = None
         # Loaded and checked once: a bad key refuses the run before anything is sent.
         self.signer = DkimSigner.from_config(cfg)
+        # SQLite takes one writer at a time: the workers queue on a lock in the process
+        # rather than in SQLite's busy-wait (which sleeps in whole milliseconds).
+        self.serial_writes = db.engine.dialect.name == "sqlite"
 
     # ------------------------------------------------------------------ the run
 
@@ -247,82 +260,85 @@ class Deliverer:
     ) -> None:
         smtp = SmtpConnection(self.cfg.smtp)
         conn: FastPath | None = None
+        job: _Job | None = None  # claimed, not yet handed to the relay
+        done: tuple[_Job, Result] | None = None  # handed to the relay, not yet recorded
         try:
             conn = self._guard_db(shared, halt, self._fast_path)
             while conn is not None and not (halt.is_set() or self.stop.is_set()):
                 if not self._connect(smtp, shared, halt, summary):
-                    return
-                job = self._guard_db(shared, halt, self._next_job, shared, summary)
-                if job is False:  # other runs hold the last rows: look again in a moment
+                    break
+                got = self._guard_db(shared, halt, self._next_job, shared, summary)
+                if got is False:  # other runs hold the last rows: look again in a moment
+                    self._settle(conn, shared, halt, summary, done)  # not held while waiting
+                    done = None
                     halt.wait(1.0)
                     continue
-                if not isinstance(job, _Job):
-                    return
+                if not isinstance(got, _Job):
+                    break
+                job = got
                 if not self.limiter.acquire(halt):  # halted while waiting for its turn
-                    shared.give_back(job)  # never sent: re-queued when the run ends
-                    return
-                active = self._guard_db(
-                    shared,
-                    halt,
-                    conn.still_active,
-                    job.recipient.subscriber_id,
-                    job.delivery_id,
-                    self.owner,
-                )
-                if active is None:  # the database failed or this run was replaced: halted
+                    break
+                gate = _Gate(self, conn, shared, halt, summary, done, job)
+                result = self._send(template, smtp, job, gate)
+                gate()  # if the data never went out, the previous message is recorded now
+                done = gate.done
+                if gate.active is None:  # the database failed or this run was replaced: halted
+                    break
+                if result is None:  # the relay refused a new connection: not sent
                     shared.give_back(job)
-                    return
-                # An unsubscribe still in the outbox (the database was locked) counts too.
-                if active and job.recipient.subscriber_id in pending_unsubscribes(self.cfg):
-                    active = False
-                result = (
-                    self._send(template, smtp, job, shared)
-                    if active
-                    else Result(Outcome.SKIPPED, "subscriber no longer active")
-                )
-                if result is None:
-                    continue  # the relay refused the connection: the job was given back
-                # Recorded before the next message: this is what bounds the duplicates
-                # after a crash to one message per connection.
-                with shared.write_lock:
-                    self._guard_db(shared, halt, self._record, conn, job, result, summary, halt, shared)
-                if result.outcome is Outcome.FATAL:
-                    return
+                else:
+                    done = (job, result)
+                    self._observe(result, summary, halt, shared)
+                job = None
+                if result is not None and result.outcome is Outcome.FATAL:
+                    break
         except Exception as exc:  # a bug: stop the whole run, and say where
             log.exception("delivery worker failed")
             shared.error = shared.error or exc
             halt.set()
         finally:
+            if conn is not None:
+                self._settle(conn, shared, halt, summary, done)
+            if job is not None:
+                shared.give_back(job)  # claimed but never sent: re-queued when the run ends
             if smtp.conn is not None:
                 shared.slots.closed()
             smtp.close()
             if conn is not None:
                 conn.close()
 
+    def _settle(
+        self,
+        conn: FastPath,
+        shared: _Shared,
+        halt: threading.Event,
+        summary: RunSummary,
+        done: tuple[_Job, Result] | None,
+    ) -> None:
+        """Record a message handed to the relay that no next message's gate recorded."""
+        if done is not None:
+            self._guard_db(shared, halt, self._record, conn, *done, summary, shared, None)
+
     def _fast_path(self) -> FastPath:
         # A raw connection from the engine's pool: with the engine's pragmas on SQLite.
         return FastPath(self.db.engine.raw_connection(), self.db.engine.dialect.name)
 
-    def _send(
-        self, template: MessageTemplate, smtp: SmtpConnection, job: _Job, shared: _Shared
-    ) -> Result | None:
-        """One message; None when the relay refused a new connection (job given back)."""
+    def _send(self, template: MessageTemplate, smtp: SmtpConnection, job: _Job, gate: _Gate) -> Result | None:
+        """One message; None when the relay refused a new connection (not sent)."""
+        had = smtp.conn is not None
         try:
             data = template.render(job.recipient)
             if self.signer is not None:
                 data = self.signer.sign(data)  # last: after the message is final
-            had = smtp.conn is not None
-            try:
-                return smtp.send(self.cfg.smtp.from_address, job.recipient.email, data)
-            finally:
-                if had and smtp.conn is None:
-                    shared.slots.closed()  # the relay hung up (421 or a dropped line)
+            return smtp.send(self.cfg.smtp.from_address, job.recipient.email, data, gate)
         except SmtpBusy:
             # send() reconnected after a hang-up and the relay refused the new connection.
-            shared.give_back(job)
             return None
         except SmtpFatal as exc:
             return Result(Outcome.FATAL, str(exc))
+        finally:
+            if had and smtp.conn is None:
+                gate.shared.slots.closed()  # the relay hung up (421 or a dropped line)
 
     def _connect(
         self, smtp: SmtpConnection, shared: _Shared, halt: threading.Event, summary: RunSummary
@@ -372,14 +388,32 @@ class Deliverer:
         """The next claimed job; None when nothing is left; False when the only rows left
         are in flight with other runs: wait, then ask again (they finish, or their run
         dies and its rows come back), so the last run standing finishes the digest."""
-        with shared.write_lock:
-            if not shared.jobs and shared.more:
-                batch, elsewhere = self._claim(summary)
-                shared.more = bool(batch) or elsewhere > 0
-                shared.jobs.extend(batch)
-            if shared.jobs:
-                return shared.jobs.popleft()
-            return False if shared.more else None
+        job = shared.take()
+        if job is not None:
+            # Running low: one worker claims the next batch while the others go on with
+            # what is left, so no worker waits for a claim in the middle of a digest.
+            low = len(shared.jobs) < self.cfg.smtp.connections * REFILL_PER_CONNECTION
+            if low and shared.more and shared.write_lock.acquire(blocking=False):
+                try:
+                    self._refill(shared, summary)
+                finally:
+                    shared.write_lock.release()
+            return job
+        with shared.write_lock:  # one claim at a time; the others then find its jobs
+            job = shared.take()
+            if job is None and shared.more:
+                self._refill(shared, summary)
+                job = shared.take()
+        if job is not None:
+            return job
+        return False if shared.more else None
+
+    def _refill(self, shared: _Shared, summary: RunSummary) -> None:
+        """Claim the next batch (with the write lock held)."""
+        batch, elsewhere = self._claim(summary)
+        shared.more = bool(batch) or elsewhere > 0
+        with shared.jobs_lock:
+            shared.jobs.extend(batch)
 
     # ------------------------------------------------------------------ database work
 
@@ -422,39 +456,60 @@ class Deliverer:
         job: _Job,
         result: Result,
         summary: RunSummary,
-        halt: threading.Event,
         shared: _Shared,
-    ) -> None:
-        """One short commit per message (called with the write lock held)."""
+        following: _Job | None,
+    ) -> bool | None:
+        """One short commit per message, then the run's counts. With `following`, also
+        its pre-send check: active or not, None when its row is no longer this run's
+        (None without it). On SQLite the write holds the process's write lock; PostgreSQL
+        takes concurrent writers, and serialising them there would make every worker wait
+        for the others' commits."""
         outcome = result.outcome
         retry_at = None
         if outcome is Outcome.TEMPORARY:
             delays = self.cfg.delivery.retry_minutes
             retry_at = utcnow() + timedelta(minutes=delays[min(job.attempts, len(delays)) - 1])
-        conn.record(job.delivery_id, self.owner, _STATUS_OF[outcome], result.reply, retry_at)
-        # Counted only once recorded: a write that failed leaves the summary true.
+        then = (following.recipient.subscriber_id, following.delivery_id) if following else None
+        with shared.write_lock if self.serial_writes else contextlib.nullcontext():
+            active = conn.record(
+                job.delivery_id, self.owner, _STATUS_OF[outcome], result.reply, retry_at, then
+            )
+        with shared.write_lock:
+            self._count(job, result, summary)
+        return active
+
+    def _observe(self, result: Result, summary: RunSummary, halt: threading.Event, shared: _Shared) -> None:
+        """What a reply says about the relay, as soon as it comes (not when it is recorded,
+        a message later): a FATAL one, or `max_consecutive_errors` failures in a row across
+        the connections, halt the run."""
+        outcome = result.outcome
+        with shared.write_lock:
+            if outcome is Outcome.SENT:
+                shared.consecutive = 0
+            elif outcome in (Outcome.TEMPORARY, Outcome.PERMANENT):
+                shared.consecutive += 1
+            if outcome is Outcome.FATAL:
+                summary.stopped = summary.stopped or result.reply
+                halt.set()
+            limit = self.cfg.delivery.max_consecutive_errors
+            if shared.consecutive >= limit and not summary.stopped:
+                summary.stopped = (
+                    f"paused after {shared.consecutive} consecutive failures; last reply: {result.reply}"
+                )
+                halt.set()
+
+    def _count(self, job: _Job, result: Result, summary: RunSummary) -> None:
+        """The run's counts, once a result is recorded (so a failed write leaves them true)."""
+        outcome = result.outcome
         if outcome is Outcome.SENT:
             summary.sent += 1
-            shared.consecutive = 0
         elif outcome is Outcome.SKIPPED:
             summary.skipped += 1
-        elif outcome is Outcome.FATAL:
-            summary.stopped = summary.stopped or result.reply
-            halt.set()
         elif outcome is Outcome.TEMPORARY:
             summary.retry += 1
-            shared.consecutive += 1
-        else:
+        elif outcome is Outcome.PERMANENT:
             summary.failed += 1
-            shared.consecutive += 1
-        if outcome is Outcome.PERMANENT:
             self._bounce(job.recipient.subscriber_id)
-        limit = self.cfg.delivery.max_consecutive_errors
-        if shared.consecutive >= limit and not summary.stopped:
-            summary.stopped = (
-                f"paused after {shared.consecutive} consecutive failures; last reply: {result.reply}"
-            )
-            halt.set()
         if self.on_progress:
             self.on_progress(summary, 1)
 
@@ -492,6 +547,57 @@ _STATUS_OF = {
     Outcome.TEMPORARY: DeliveryStatus.RETRY,
     Outcome.PERMANENT: DeliveryStatus.FAILED,
 }
+
+
+class _Gate:
+    """SmtpConnection.send's `before_data` for one message: record the worker's previous
+    message (`done`) and check this one (still active, still this run's), in one database
+    round trip on PostgreSQL, while the relay answers this message's envelope. So the
+    previous message is recorded before this one's data goes out (the crash bound), and
+    the check stays the last thing before it (an unsubscribe counts). Runs once; called
+    again after send() it only makes sure `done` was recorded."""
+
+    def __init__(
+        self,
+        run: Deliverer,
+        conn: FastPath,
+        shared: _Shared,
+        halt: threading.Event,
+        summary: RunSummary,
+        done: tuple[_Job, Result] | None,
+        job: _Job,
+    ) -> None:
+        self.run, self.conn, self.shared, self.halt, self.summary = run, conn, shared, halt, summary
+        self.done = done  # None once recorded
+        self.job = job
+        self.ran = False
+        # Still active? None: the database failed or the run was replaced (halted).
+        self.active: bool | None = None
+        self.answer: Result | None = None  # for SmtpConnection.send: None means "send it"
+
+    def __call__(self) -> Result | None:
+        if self.ran:
+            return self.answer
+        self.ran = True
+        self.active = self.run._guard_db(self.shared, self.halt, self._round_trip)
+        # An unsubscribe still in the outbox (the database was locked) counts too.
+        if self.active and self.job.recipient.subscriber_id in pending_unsubscribes(self.run.cfg):
+            self.active = False
+        if self.active is None:
+            self.answer = Result(Outcome.SKIPPED, "the run halted before sending")  # not recorded
+        elif not self.active:
+            self.answer = Result(Outcome.SKIPPED, "subscriber no longer active")
+        return self.answer
+
+    def _round_trip(self) -> bool:
+        job = self.job
+        if self.done is None:
+            return self.conn.still_active(job.recipient.subscriber_id, job.delivery_id, self.run.owner)
+        active = self.run._record(self.conn, *self.done, self.summary, self.shared, job)
+        self.done = None
+        if active is None:  # recorded, but this message's row is no longer this run's
+            raise queue.LostRun()
+        return active
 
 
 def deliver(

@@ -1,12 +1,16 @@
-"""The per-message half of the queue: two statements a worker runs for every message.
+"""The per-message half of the queue: what a worker runs for every message.
 
-Each worker keeps its own raw DB-API connection for them, because SQLAlchemy's execution
-layer tripled their cost. So they are written here once per dialect (the only SQL in
-mailer that knows one): SQLite (`?`, an explicit BEGIN IMMEDIATE on a connection in
+Each worker keeps its own raw DB-API connection for it, because SQLAlchemy's execution
+layer tripled its cost. So the statements are written here once per dialect (the only SQL
+in mailer that knows one): SQLite (`?`, an explicit BEGIN IMMEDIATE on a connection in
 autocommit mode, datetimes in SQLAlchemy's text format) and PostgreSQL through psycopg
-(`%s`, implicit transactions ended by commit, datetime objects). Both statements check
-that the row is still claimed by this run (queue.py says why that bounds what a replaced
-run can still send).
+(`%s`, autocommit, datetime objects). Both the pre-send check and the record check that
+the row is still claimed by this run (queue.py says why that bounds what a replaced run
+can still send).
+
+On PostgreSQL a round trip to the server is what a message costs most, so recording one
+message and checking the next are one statement (a data-modifying CTE): one round trip
+and one commit per message. On SQLite they stay two statements in the process.
 """
 
 from __future__ import annotations
@@ -20,12 +24,9 @@ from mailer.models import DeliveryStatus, SubscriberStatus, utcnow
 
 
 class FastPath:
-    """A worker's own raw DB-API connection for the two statements it runs per message.
-    SQLAlchemy's execution layer tripled their cost, so they are written here once per
-    dialect: SQLite (`?`, an explicit BEGIN IMMEDIATE on a connection in autocommit mode,
-    datetimes in SQLAlchemy's text format) and PostgreSQL through psycopg (`%s`, datetime
-    objects, and autocommit: each statement is its own transaction, one round trip, where
-    psycopg's implicit BEGIN and the COMMIT would make three)."""
+    """A worker's own raw DB-API connection. On PostgreSQL it is in autocommit: each
+    statement is its own transaction, one round trip, where psycopg's implicit BEGIN and
+    the COMMIT would make three."""
 
     def __init__(self, raw: Any, dialect: str) -> None:
         self.raw = raw
@@ -34,6 +35,9 @@ class FastPath:
             raw.driver_connection.autocommit = True  # set back in close(), for the pool
         self._record_sql = {k: self._sql(v) for k, v in _RECORD_SQL.items()}
         self._check_sql = self._sql(_CHECK_SQL)
+        self._record_then_check_sql = {
+            k: self._sql(_RECORD_THEN_CHECK.format(v)) for k, v in _RECORD_SQL.items()
+        }
 
     def _sql(self, sql: str) -> str:
         return sql if self.sqlite else sql.replace("?", "%s")
@@ -44,11 +48,21 @@ class FastPath:
         return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else naive
 
     def record(
-        self, delivery_id: int, owner: str, status: DeliveryStatus, reply: str, retry_at: datetime | None
-    ) -> None:
+        self,
+        delivery_id: int,
+        owner: str,
+        status: DeliveryStatus,
+        reply: str,
+        retry_at: datetime | None,
+        then_check: tuple[int, int] | None = None,
+    ) -> bool | None:
         """What became of one message, in its own short transaction: `sending` → `status`,
         on a row this run still holds (else LostRun: it was replaced). `queued` means the
-        attempt did not count (the run stopped, not the recipient's fault)."""
+        attempt did not count (the run stopped, not the recipient's fault).
+
+        `then_check` (the next job's subscriber and delivery ids): also check that one,
+        after the record, and return whether its subscriber is active, or None when its row
+        is no longer this run's (None without it)."""
         now = self._time(utcnow())
         args: tuple[Any, ...]
         if status is DeliveryStatus.SENT:
@@ -58,6 +72,11 @@ class FastPath:
             args = (reply, self._time(retry_at), now, delivery_id, owner)
         else:
             args = (reply, now, delivery_id, owner)
+        if not self.sqlite and then_check is not None:
+            row = self._one(self._record_then_check_sql[status], (*args, *then_check))
+            if row[0] != 1:
+                raise LostRun()
+            return self._active(row[1:], owner)
         cur = self.raw.cursor()
         try:
             if not self.sqlite:  # autocommit: the statement is its own transaction
@@ -77,21 +96,34 @@ class FastPath:
             cur.close()
         if not held:
             raise LostRun()
+        if then_check is None:
+            return None
+        return self._active(self._one(self._check_sql, then_check), owner)
 
     def still_active(self, subscriber_id: int, delivery_id: int, owner: str) -> bool:
         """Just before each message: is the subscriber still active, and does this run still
         hold the row? A read that never waits for a writer (WAL; PostgreSQL's MVCC), so an
         unsubscribe counts even for an already-claimed row, and a run that stalled past its
         lease stops at its next message instead of sending rows another run has taken."""
+        active = self._active(self._one(self._check_sql, (subscriber_id, delivery_id)), owner)
+        if active is None:
+            raise LostRun()
+        return active
+
+    @staticmethod
+    def _active(row: Any, owner: str) -> bool | None:
+        """(subscriber status, the row's claimant) → active? None if the row is not ours."""
+        if row is None or row[1] != owner:
+            return None
+        return bool(row[0] == SubscriberStatus.ACTIVE)
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
         cur = self.raw.cursor()
         try:
-            cur.execute(self._check_sql, (subscriber_id, delivery_id))
-            row = cur.fetchone()
+            cur.execute(sql, args)
+            return cur.fetchone()
         finally:
             cur.close()
-        if row is None or row[1] != owner:
-            raise LostRun()
-        return bool(row[0] == SubscriberStatus.ACTIVE)
 
     def close(self) -> None:
         driver = self.raw.driver_connection
@@ -118,3 +150,11 @@ _RECORD_SQL = {
     DeliveryStatus.SKIPPED: _SET.format("status = 'skipped', last_reply = ?, updated_at = ?"),
 }
 _CHECK_SQL = "SELECT (SELECT status FROM subscribers WHERE id = ?), claimed_by FROM deliveries WHERE id = ?"
+# PostgreSQL only: one message's record and the next one's check in one statement. The
+# CTE's UPDATE runs whether or not it is read; the outer SELECT sees the snapshot from
+# before it, which is what the check wants (it reads another row). Scalar subqueries, so
+# there is always exactly one row.
+_RECORD_THEN_CHECK = (
+    "WITH recorded AS ({} RETURNING id) SELECT (SELECT count(*) FROM recorded), "
+    "(SELECT status FROM subscribers WHERE id = ?), (SELECT claimed_by FROM deliveries WHERE id = ?)"
+)

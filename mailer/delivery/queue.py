@@ -296,10 +296,18 @@ def hourly_quota_left(s: Session, per_hour: int, now: datetime) -> tuple[int, da
     """How many more messages the relay's hourly quota allows now, counting every run
     (sent in the last hour, and in flight), and when the oldest of those frees up."""
     since = now - timedelta(hours=1)
-    sent, oldest = s.execute(
-        select(func.count(), func.min(Delivery.sent_at)).where(Delivery.sent_at > since)
+    recent, in_transit = Delivery.sent_at > since, Delivery.status == DeliveryStatus.SENDING
+    # One statement, so one snapshot. In two, a row another worker records between them
+    # (still `sending` when the first counts what was sent, already `sent` when the second
+    # counts what is in flight) would be counted by neither, and one message too many
+    # claimed.
+    sent, oldest, in_flight = s.execute(
+        select(
+            func.count().filter(recent),
+            func.min(Delivery.sent_at).filter(recent),
+            func.count().filter(in_transit),
+        ).where(recent | in_transit)
     ).one()
-    in_flight = s.scalar(select(func.count()).where(Delivery.status == DeliveryStatus.SENDING)) or 0
     frees_at = (oldest or now) + timedelta(hours=1)
     return per_hour - int(sent or 0) - int(in_flight), frees_at
 
