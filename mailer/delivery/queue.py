@@ -44,13 +44,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import String, and_, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import FunctionElement
 
 from mailer import digest as digests
 from mailer.errors import MailerError, database_problem, is_dbapi_error
-from mailer.message import new_message_key
 from mailer.models import (
     DELIVERY_PENDING,
     Delivery,
@@ -155,58 +156,56 @@ def claim(
         Delivery.status == DeliveryStatus.QUEUED,
         and_(Delivery.status == DeliveryStatus.RETRY, Delivery.next_attempt_at <= now),
     )
-    rows = s.execute(
-        select(
-            Delivery.id,
-            Delivery.attempts,
-            Subscriber.id,
-            Subscriber.email,
-            Subscriber.name,
-            Subscriber.status,
-            Subscriber.token_nonce,
-            Delivery.message_key,
-        )
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+    chosen = (
+        select(Delivery.id)
         .where(Delivery.digest_id == digest_id, due)
         .order_by(Delivery.id)
         .limit(limit)
-        .with_for_update(skip_locked=True, of=Delivery)  # PostgreSQL; SQLite ignores it
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it
+    )
+    # One statement takes the rows and, on a row's first claim, stores its Message-ID key
+    # (before any message can go out): a select, one update per new key and a bulk update
+    # made claiming cost more than sending on PostgreSQL.
+    taken = s.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(chosen.scalar_subquery()))
+        .values(
+            status=DeliveryStatus.SENDING,
+            claimed_by=owner,
+            attempts=Delivery.attempts + 1,
+            updated_at=now,
+            message_key=func.coalesce(Delivery.message_key, RandomKey()),
+        )
+        .returning(Delivery.id, Delivery.attempts, Delivery.subscriber_id, Delivery.message_key)
+        .execution_options(synchronize_session=False)
     ).all()
+    readers = {
+        row.id: row
+        for row in s.execute(
+            select(
+                Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status, Subscriber.token_nonce
+            ).where(Subscriber.id.in_({t.subscriber_id for t in taken}))
+        )
+    }
     jobs: list[Claimed] = []
     inactive: list[int] = []
-    new_keys: list[dict[str, Any]] = []
-    for delivery_id, attempts, sub_id, email, name, status, nonce, key in rows:
-        if status != SubscriberStatus.ACTIVE:
+    for delivery_id, attempts, sub_id, key in sorted(taken):
+        reader = readers[sub_id]
+        if reader.status != SubscriberStatus.ACTIVE:
             inactive.append(delivery_id)
             continue
-        if key is None:  # first claim: the key is stored before any message can go out
-            key = new_message_key()
-            new_keys.append({"row": delivery_id, "key": key})
-        jobs.append(Claimed(delivery_id, attempts + 1, sub_id, email, name, nonce, key))
-    if new_keys:
-        # One executemany on the connection (the ORM would take a list of rows for a bulk
-        # update by primary key, which cannot keep the IS NULL guard).
-        s.connection().execute(
-            update(Delivery)
-            .where(Delivery.id == bindparam("row"), Delivery.message_key.is_(None))
-            .values(message_key=bindparam("key")),
-            new_keys,
+        jobs.append(
+            Claimed(delivery_id, attempts, sub_id, reader.email, reader.name, reader.token_nonce, key)
         )
     if inactive:
+        # Never handed to anyone: the claim is undone, the attempt not counted.
         _set(
             s,
             inactive,
             status=DeliveryStatus.SKIPPED,
+            claimed_by=None,
+            attempts=Delivery.attempts - 1,
             last_reply="subscriber no longer active",
-            updated_at=now,
-        )
-    if jobs:
-        _set(
-            s,
-            [j.delivery_id for j in jobs],
-            status=DeliveryStatus.SENDING,
-            claimed_by=owner,
-            attempts=Delivery.attempts + 1,
             updated_at=now,
         )
     elsewhere = s.scalar(
@@ -217,6 +216,26 @@ def claim(
         )
     )
     return jobs, len(inactive), int(elsewhere or 0)
+
+
+class RandomKey(FunctionElement[str]):
+    """A new Message-ID key made by the database, as message.new_message_key makes one in
+    Python: 32 lower-case hex digits from the database's own secure random source."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(RandomKey, "sqlite")
+def _random_key_sqlite(element: RandomKey, compiler: Any, **kw: Any) -> str:
+    return "lower(hex(randomblob(16)))"
+
+
+@compiles(RandomKey, "postgresql")
+def _random_key_postgresql(element: RandomKey, compiler: Any, **kw: Any) -> str:
+    # gen_random_uuid() is built in since PostgreSQL 13 (pgcrypto's random bytes are an
+    # extension): 122 random bits, from the server's strong random source.
+    return "replace(gen_random_uuid()::text, '-', '')"
 
 
 def _set(s: Session, ids: list[int], **values: Any) -> None:
