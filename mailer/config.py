@@ -37,6 +37,7 @@ from mailer.settings import (
     DkimConfig,
     ScheduleConfig,
     Settings,
+    SignupConfig,
     SmtpConfig,
     ThemeConfig,
     WebConfig,
@@ -90,6 +91,10 @@ class Config:
     @property
     def web(self) -> WebConfig:
         return self.settings.web
+
+    @property
+    def signup(self) -> SignupConfig:
+        return self.settings.signup
 
     @property
     def articles(self) -> ArticlesConfig:

@@ -33,6 +33,7 @@ def utcnow() -> datetime:
 
 
 class SubscriberStatus(StrEnum):
+    PENDING = "pending"  # signed up on the web, not yet confirmed: gets no digest
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
@@ -153,6 +154,64 @@ class Subscriber(Base):
     # Per-subscriber nonce mixed into unsubscribe tokens; changing it revokes old links.
     token_nonce: Mapped[str] = mapped_column(String(32))
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The consent record of a web sign-up (double opt-in): when and from where the form
+    # was sent, and the confirmation clicked. None for readers the editor added.
+    signup_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    signup_ip: Mapped[str | None] = mapped_column(String(45))
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    confirm_ip: Mapped[str | None] = mapped_column(String(45))
+    # Themes the reader asked for (slugs, comma-separated); empty: every theme.
+    themes: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+    def confirm(self, ip: str, now: datetime) -> bool:
+        """Double opt-in's second step; False when there was nothing to confirm (already
+        active: a second click changes nothing)."""
+        if self.status == SubscriberStatus.ACTIVE:
+            return False
+        self.status = SubscriberStatus.ACTIVE
+        self.status_changed_at = now
+        self.confirmed_at = now
+        self.confirm_ip = ip
+        return True
+
+
+class NoticeStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+class Notice(Base):
+    """A mail to one reader outside the digest (a sign-up's confirmation), queued in the
+    database when asked for and sent by whichever process gets to it first."""
+
+    __tablename__ = "notices"
+    __table_args__ = (status_check(NoticeStatus), Index("ix_notices_status", "status", "next_attempt_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=NoticeStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_reply: Mapped[str] = mapped_column(String(1000), default="")
+
+
+class SignupRequest(Base):
+    """One sign-up form sent, by IP: what the per-IP limit counts (in the database, so it
+    holds across every instance)."""
+
+    __tablename__ = "signup_requests"
+    __table_args__ = (Index("ix_signup_requests_ip_at", "ip", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ip: Mapped[str] = mapped_column(String(45))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Digest(Base):

@@ -42,7 +42,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 from waitress.server import create_server
 
-from mailer import campaign, demo, progress
+from mailer import campaign, demo, progress, signup
 from mailer.catcher import MailCatcher
 from mailer.config import Config, ConfigInForce, load_config
 from mailer.db import Database
@@ -50,7 +50,7 @@ from mailer.errors import MailerError, database_problem, is_dbapi_error
 from mailer.models import utcnow
 from mailer.scheduler import Schedule
 from mailer.web.access import editor_mode
-from mailer.web.app import create_app
+from mailer.web.app import close_app, create_app
 
 log = logging.getLogger("mailer.service")
 RESUME_EVERY = timedelta(minutes=1)
@@ -210,6 +210,7 @@ class Service:
         self._lock = threading.Lock()  # one tick at a time in this process
         self.catcher: MailCatcher | None = None
         self.web = None
+        self.app: Any = None
         self.web_thread: threading.Thread | None = None
         # Created now, so a SIGHUP that arrives while the service starts is not lost.
         self.watcher = ConfigWatcher(cfg.path, self.reload, self.stop) if cfg.path is not None else None
@@ -224,6 +225,8 @@ class Service:
         cfg = self.config.current  # this run's config, whatever a reload does meanwhile
         try:
             # The service logs progress lines (never a progress bar, even on a terminal).
+            # Sign-ups never confirmed within signup.confirm_days are forgotten.
+            signup.purge(self.db, cfg, utcnow())
             with progress.reporter(self.db, tty=False) as on_progress:
                 for summary in campaign.run_due(self.db, cfg, utcnow(), self.stop, on_progress):
                     if summary.sent or summary.retry or summary.failed or summary.finished:
@@ -290,7 +293,8 @@ class Service:
                 cfg.resolve(cfg.catcher.folder),
             )
         try:
-            self.web = web_server(create_app(self.db, self.config), cfg.web.host, cfg.web.port)
+            self.app = create_app(self.db, self.config)
+            self.web = web_server(self.app, cfg.web.host, cfg.web.port)
         except OSError as exc:
             self.shutdown()
             raise MailerError(
@@ -351,6 +355,8 @@ class Service:
             self.scheduler.shutdown(wait=True)
         if self.web is not None:
             self.web.close()
+        if self.app is not None:
+            close_app(self.app)
         if self.catcher is not None:
             self.catcher.stop()
         self.db.dispose()

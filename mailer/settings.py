@@ -186,6 +186,16 @@ class WebConfig(_Section):
     password: str = Field(default="", repr=False)
 
 
+class SignupConfig(_Section):
+    """The public sign-up form (double opt-in) and its limits against abuse."""
+
+    # How long a confirmation link works; unconfirmed sign-ups older than this are purged.
+    confirm_days: Annotated[int, Field(ge=1, le=90)] = 7
+    # Confirmation mails per address per hour, and sign-ups per client IP per hour.
+    per_address_per_hour: Annotated[int, Field(ge=1)] = 1
+    per_ip_per_hour: Annotated[int, Field(ge=1)] = 10
+
+
 class ArticlesConfig(_Section):
     # Lines that are a source's boilerplate (promotional footers). Compared letters and
     # digits only, case-insensitive, so spacing and punctuation variants all match.
@@ -264,6 +274,7 @@ class Settings(BaseSettings):
     digest: DigestConfig = DigestConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     web: WebConfig = WebConfig()
+    signup: SignupConfig = SignupConfig()
     articles: ArticlesConfig = ArticlesConfig()
     dkim: DkimConfig = DkimConfig()
     themes: list[ThemeConfig] = Field(

@@ -8,7 +8,9 @@ is refused even if two nonces were ever equal.
 
 A resubscribe token is different: it only ever appears on the page that confirms an
 unsubscribe, is an itsdangerous timed signature (RESUBSCRIBE_MAX_AGE) whose salt holds the
-purpose, the id and the nonce, and so cannot be made from anything in a mail. Holding an
+purpose, the id and the nonce, and so cannot be made from anything in a mail. A sign-up's
+confirm token is made the same way with its own purpose, so neither can stand for the
+other. Holding an
 old mail therefore lets anyone unsubscribe its reader (which only does what they asked
 for at some point), never resubscribe them.
 
@@ -112,28 +114,46 @@ class Tokens:
 
     # ------------------------------------------------------------ resubscribe
 
-    def _serializer(self, subscriber_id: int, nonce: str) -> URLSafeTimedSerializer:
-        return URLSafeTimedSerializer(self._secret, salt=f"mailer.resubscribe:{subscriber_id}:{nonce}")
+    def _serializer(self, purpose: str, subscriber_id: int, nonce: str) -> URLSafeTimedSerializer:
+        return URLSafeTimedSerializer(self._secret, salt=f"mailer.{purpose}:{subscriber_id}:{nonce}")
 
-    def resubscribe(self, subscriber_id: int, nonce: str) -> str:
-        """A token for the confirmation page's "subscribe again" button (RESUBSCRIBE_MAX_AGE)."""
-        signed = self._serializer(subscriber_id, nonce).dumps(subscriber_id)
-        return f"{subscriber_id}.{signed}"
+    def _timed(self, purpose: str, subscriber_id: int, nonce: str) -> str:
+        return f"{subscriber_id}.{self._serializer(purpose, subscriber_id, nonce).dumps(subscriber_id)}"
 
-    @staticmethod
-    def resubscribe_id(token: str) -> int | None:
-        """The id a well-formed resubscribe token claims (not yet verified)."""
-        m = _FRESH.match(token)
-        return int(m.group(1)) if m else None
-
-    def verify_resubscribe(self, token: str, subscriber_id: int, nonce: str) -> bool:
+    def _verify_timed(self, purpose: str, token: str, subscriber_id: int, nonce: str, max_age: int) -> bool:
         prefix = f"{subscriber_id}."
         if not token.startswith(prefix):
             return False
         try:
-            claimed = self._serializer(subscriber_id, nonce).loads(
-                token[len(prefix) :], max_age=RESUBSCRIBE_MAX_AGE
+            claimed = self._serializer(purpose, subscriber_id, nonce).loads(
+                token[len(prefix) :], max_age=max_age
             )
         except BadData:
             return False
         return bool(claimed == subscriber_id)
+
+    @staticmethod
+    def timed_id(token: str) -> int | None:
+        """The id a well-formed timed (resubscribe, confirm) token claims (not yet verified)."""
+        m = _FRESH.match(token)
+        return int(m.group(1)) if m else None
+
+    def resubscribe(self, subscriber_id: int, nonce: str) -> str:
+        """A token for the confirmation page's "subscribe again" button (RESUBSCRIBE_MAX_AGE)."""
+        return self._timed("resubscribe", subscriber_id, nonce)
+
+    resubscribe_id = timed_id
+
+    def verify_resubscribe(self, token: str, subscriber_id: int, nonce: str) -> bool:
+        return self._verify_timed("resubscribe", token, subscriber_id, nonce, RESUBSCRIBE_MAX_AGE)
+
+    # ------------------------------------------------------------ double opt-in
+
+    def confirm(self, subscriber_id: int, nonce: str) -> str:
+        """The link of a sign-up's confirmation mail. It expires (signup.confirm_days) but
+        stays valid after use, so a second click only says "you are confirmed"; a new
+        nonce (the reader forgotten, or signed up afresh after leaving) revokes it."""
+        return self._timed("confirm", subscriber_id, nonce)
+
+    def verify_confirm(self, token: str, subscriber_id: int, nonce: str, max_age: int) -> bool:
+        return self._verify_timed("confirm", token, subscriber_id, nonce, max_age)

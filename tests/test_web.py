@@ -192,7 +192,7 @@ def test_dashboard_counts_subscribers_by_status(web: WebServer, db: Database) ->
 
     counts = dict(rows(web.get("/"), "#subscribers tr"))  # type: ignore[arg-type]
 
-    assert counts == {"active": "3", "unsubscribed": "1", "bounced": "1"}
+    assert counts == {"pending": "0", "active": "3", "unsubscribed": "1", "bounced": "1"}
 
 
 def test_dashboard_lists_a_digest_once_it_is_sent(

@@ -28,6 +28,7 @@ from mailer.models import utcnow
 from mailer.service import web_server
 from mailer.subscribers import SubscriberStore
 from mailer.web import create_app
+from mailer.web.app import close_app
 from tests.conftest import SEEDS, write_config
 from tests.smtp_server import SmtpServer
 
@@ -60,7 +61,8 @@ class WebServer:
 
     def __init__(self, db: Database, cfg: Config) -> None:
         self.cfg = cfg
-        self.server = web_server(create_app(db, cfg), "127.0.0.1", 0)
+        self.app = create_app(db, cfg)
+        self.server = web_server(self.app, "127.0.0.1", 0)
         self.port = int(self.server.effective_port)  # type: ignore[union-attr]
         self.base = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.run, name="test-web", daemon=True)
@@ -78,6 +80,7 @@ class WebServer:
             self.server.trigger.pull_trigger(self._close_all)  # type: ignore[union-attr]
         self.thread.join(timeout=5)
         assert not self.thread.is_alive(), "the test web server did not stop"
+        close_app(self.app)
         self.server.task_dispatcher.shutdown(timeout=5)  # type: ignore[union-attr]
 
     def _close_all(self) -> None:

@@ -59,6 +59,8 @@ from mailer.models import (
     DeliveryStatus,
     Digest,
     DigestStatus,
+    Notice,
+    NoticeStatus,
     Subscriber,
     SubscriberStatus,
     utcnow,
@@ -327,6 +329,11 @@ def hourly_quota_left(s: Session, per_hour: int, now: datetime) -> tuple[int, da
             func.count().filter(in_transit),
         ).where(recent | in_transit)
     ).one()
+    # Notices (sign-up confirmations) go through the same relay and count the same way.
+    notices = s.scalar(
+        select(func.count()).where((Notice.sent_at > since) | (Notice.status == NoticeStatus.SENDING))
+    )
+    sent += int(notices or 0)
     frees_at = (oldest or now) + timedelta(hours=1)
     return per_hour - int(sent or 0) - int(in_flight), frees_at
 

@@ -39,14 +39,17 @@ from werkzeug.exceptions import HTTPException
 from mailer.config import Config, ConfigInForce, Settings
 from mailer.db import Database
 from mailer.errors import database_problem, is_dbapi_error
+from mailer.notices import NoticeSender
 from mailer.render import template_environment
 from mailer.tokens import Tokens, load_secret
 from mailer.unsubscribe_outbox import Busy, Outbox, outbox_folder
-from mailer.web import MAX_BODY_BYTES, access, editor, public
+from mailer.web import MAX_BODY_BYTES, access, editor, public, subscribe
 from mailer.web.subscription import InvalidLink, Subscriptions
 
 CROSS_SITE = "This form was sent from another web site, so nothing was changed."
 SAFE_METHODS = ("GET", "HEAD")
+# Blueprints anyone may reach; every other page is the editor's (mailer.web.access).
+PUBLIC_BLUEPRINTS = frozenset({"public", "subscribe", "archive"})
 
 
 class RequestConfig(Config):
@@ -120,11 +123,22 @@ def create_app(db: Database, config: Config | ConfigInForce) -> Flask:
     secret = load_secret(cfg.var_dir)
     subscriptions = Subscriptions(db, Tokens(secret), outbox)
     app.register_blueprint(public.blueprint(db, cfg, subscriptions))
+    # Sign-up confirmations go out from this process as soon as they are asked for.
+    sender = NoticeSender(db, cfg).start()
+    app.extensions["mailer.notices"] = sender  # closed with the server (close_app)
+    app.register_blueprint(subscribe.blueprint(db, cfg, Tokens(secret), sender))
     app.register_blueprint(editor.blueprint(db, cfg, secret))
     _request_rules(app, cfg)
     _error_pages(app, db)
     app.wsgi_app = _reads_never_wait(app.wsgi_app, db)  # type: ignore[method-assign]
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Stop what create_app started besides the app itself (the notice sender)."""
+    sender = app.extensions.get("mailer.notices")
+    if sender is not None:
+        sender.close()
 
 
 def _template_globals(app: Flask, cfg: Config) -> None:
@@ -153,7 +167,7 @@ def _request_rules(app: Flask, cfg: Config) -> None:
 
     @app.before_request
     def _guard_editor_pages() -> Response | None:
-        if request.routing_exception is not None or request.blueprint == "public":
+        if request.routing_exception is not None or request.blueprint in PUBLIC_BLUEPRINTS:
             return None
         return access.require_editor(cfg, request)
 
@@ -163,6 +177,8 @@ def _request_rules(app: Flask, cfg: Config) -> None:
             return
         if request.endpoint == "public.unsubscribe" and access.one_click(request):
             return
+        if request.endpoint == "subscribe.subscribe":
+            return  # the sign-up form may be embedded on another site (mailer.web.subscribe)
         abort(403, CROSS_SITE)
 
     @app.after_request

@@ -1,0 +1,77 @@
+"""The public sign-up pages: the form, and the confirmation link's page.
+
+Views parse the request, call one function of mailer.signup, render. The form is plain
+HTML that works embedded on another site (a cross-site POST is allowed here, see
+mailer.web.app), so abuse is met by a honeypot field, the limits in mailer.signup (429),
+and double opt-in itself: nothing reaches a reader who did not click the link.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, render_template, request
+
+from mailer import signup
+from mailer.config import Config
+from mailer.db import Database
+from mailer.errors import InputError
+from mailer.models import SubscriberStatus, utcnow
+from mailer.notices import NoticeSender
+from mailer.themes import Themes
+from mailer.tokens import Tokens
+
+HONEYPOT = "website"  # hidden from people; a bot that fills every field fills it
+
+
+def client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+def blueprint(db: Database, cfg: Config, tokens: Tokens, sender: NoticeSender) -> Blueprint:
+    bp = Blueprint("subscribe", __name__)
+
+    def form_page(form: signup.Signup, error: str = "", code: int = 200) -> tuple[str, int]:
+        themes = Themes(cfg.themes).all if len(cfg.themes) > 1 else []
+        return render_template("web_subscribe.html", form=form, error=error, themes=themes, sent=False), code
+
+    @bp.get("/subscribe")
+    def subscribe_page() -> tuple[str, int]:
+        return form_page(signup.Signup(email=request.args.get("email", "")[:320]))
+
+    @bp.post("/subscribe")
+    def subscribe() -> tuple[str, int]:
+        form = signup.Signup(
+            email=request.form.get("email", "")[:320],
+            name=request.form.get("name", "")[:400],
+            themes=tuple(request.form.getlist("themes")[:50]),
+        )
+        if request.form.get(HONEYPOT):
+            return render_template("web_subscribe.html", sent=True), 200  # as if done
+        try:
+            signup.request(db, cfg, form, client_ip(), utcnow())
+        except InputError as exc:
+            return form_page(form, str(exc), 400)
+        sender.wake()
+        return render_template("web_subscribe.html", sent=True), 200
+
+    @bp.get("/confirm/<token>")
+    def confirm_page(token: str) -> str:
+        sub = signup.check(db, cfg, tokens, token)
+        active = sub.status == SubscriberStatus.ACTIVE
+        return render_template("web_confirm.html", email=sub.email, token=token, done=False, active=active)
+
+    @bp.post("/confirm/<token>")
+    def confirm(token: str) -> str:
+        sub = signup.check(db, cfg, tokens, token)
+        done = signup.confirm(db, cfg, tokens, token, client_ip(), utcnow())
+        return render_template("web_confirm.html", email=sub.email, token=token, done=done, active=True)
+
+    @bp.errorhandler(signup.TooMany)
+    def too_many(exc: signup.TooMany) -> tuple[str, int, dict[str, str]]:
+        message = "Too many sign-ups; nothing was sent. Please try again in an hour."
+        return render_template("web_error.html", code=429, message=message), 429, {"Retry-After": "3600"}
+
+    @bp.errorhandler(signup.BadLink)
+    def bad_link(exc: signup.BadLink) -> tuple[str, int]:
+        return render_template("web_error.html", code=400, message=str(exc)), 400
+
+    return bp
