@@ -52,9 +52,11 @@ class Signup:
     themes: tuple[str, ...] = ()  # slugs; none: every theme
 
 
-def request(db: Database, cfg: Config, form: Signup, ip: str, now: datetime) -> None:
-    """Record a sign-up and queue the mail it calls for. InputError for a bad address or
-    name, TooMany over a limit (nothing recorded, nothing mailed)."""
+def request(db: Database, cfg: Config, form: Signup, ip: str | None, now: datetime) -> str:
+    """Record a sign-up and queue the mail it calls for (returned: notices.CONFIRM or
+    ALREADY). `ip` None: the editor asked (`subscribers add --confirm`), so no per-IP
+    limit. InputError for a bad address or name, TooMany over a limit (nothing recorded,
+    nothing mailed)."""
     email = normalise_email(form.email)
     name = clean_name(form.name)
     known = {t.slug for t in cfg.themes}
@@ -62,9 +64,11 @@ def request(db: Database, cfg: Config, form: Signup, ip: str, now: datetime) -> 
     limits = cfg.signup
     with db.session() as s:
         serialise(s, "signup")  # one check-then-write at a time, across instances
-        from_ip = s.scalar(select(func.count()).where(SignupRequest.ip == ip, SignupRequest.at > now - HOUR))
-        if (from_ip or 0) >= limits.per_ip_per_hour:
-            raise TooMany(f"too many sign-ups from {ip} in the last hour")
+        if ip is not None:
+            recent = SignupRequest.at > now - HOUR
+            from_ip = s.scalar(select(func.count()).where(SignupRequest.ip == ip, recent))
+            if (from_ip or 0) >= limits.per_ip_per_hour:
+                raise TooMany(f"too many sign-ups from {ip} in the last hour")
         sub = s.scalar(select(Subscriber).where(func.lower(Subscriber.email) == email.lower()))
         if sub is not None:
             mailed = s.scalar(
@@ -72,7 +76,8 @@ def request(db: Database, cfg: Config, form: Signup, ip: str, now: datetime) -> 
             )
             if (mailed or 0) >= limits.per_address_per_hour:
                 raise TooMany("a confirmation was mailed to this address less than an hour ago")
-        s.add(SignupRequest(ip=ip, at=now))
+        if ip is not None:
+            s.add(SignupRequest(ip=ip, at=now))
         kind = CONFIRM
         if sub is None:
             sub = Subscriber(
@@ -95,6 +100,7 @@ def request(db: Database, cfg: Config, form: Signup, ip: str, now: datetime) -> 
             sub.signup_at, sub.signup_ip = now, ip
         s.flush()
         s.add(Notice(subscriber_id=sub.id, kind=kind, created_at=now))
+    return kind
 
 
 def check(db: Database, cfg: Config, tokens: Tokens, token: str) -> Subscriber:

@@ -75,6 +75,9 @@ STATUS_VALUES = {
 
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "status_changed_at", "bounce_count")
 DATE_COLUMNS = ("created_at", "status_changed_at")
+# After EXPORT_COLUMNS, so an older export still reads as mailer's own: a web sign-up's
+# consent record (when and from where it was asked for and confirmed) and its themes.
+CONSENT_COLUMNS = ("signup_at", "signup_ip", "confirmed_at", "confirm_ip", "themes")
 
 
 # (line, cells), or (line, why csv could not parse the record).
@@ -234,13 +237,18 @@ def record(s: Subscriber) -> dict[str, Any]:
         "created_at": s.created_at,
         "status_changed_at": s.status_changed_at,
         "bounce_count": s.bounce_count,
+        "signup_at": s.signup_at,
+        "signup_ip": s.signup_ip,
+        "confirmed_at": s.confirmed_at,
+        "confirm_ip": s.confirm_ip,
+        "themes": [t for t in s.themes.split(",") if t],
     }
 
 
 def write_csv(subscribers: Iterable[Subscriber], stream: TextIO) -> None:
     """mailer's export: a header line, then one row per person, dates in ISO 8601 (UTC)."""
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(EXPORT_COLUMNS)
+    writer.writerow((*EXPORT_COLUMNS, *CONSENT_COLUMNS))
     for s in subscribers:
         writer.writerow(
             [
@@ -250,5 +258,10 @@ def write_csv(subscribers: Iterable[Subscriber], stream: TextIO) -> None:
                 s.created_at.isoformat(),
                 s.status_changed_at.isoformat(),
                 s.bounce_count,
+                s.signup_at.isoformat() if s.signup_at else "",
+                s.signup_ip or "",
+                s.confirmed_at.isoformat() if s.confirmed_at else "",
+                s.confirm_ip or "",
+                s.themes,
             ]
         )

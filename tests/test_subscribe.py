@@ -3,6 +3,7 @@ confirmation mail received by a real SMTP server, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -10,11 +11,13 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
+from click.testing import CliRunner
 from freezegun import freeze_time
 from sqlalchemy import select
 
 from mailer import digest as digests
 from mailer import signup
+from mailer.cli import cli
 from mailer.config import load_config
 from mailer.db import Database
 from mailer.models import Delivery, Notice, Subscriber, utcnow
@@ -199,3 +202,60 @@ def test_a_pending_reader_gets_no_digest_and_is_forgotten_after_the_expiry(site,
     with db.reader() as s:
         assert [sub.email for sub in s.scalars(select(Subscriber))] == ["zoe@example.com"]
         assert s.scalars(select(Notice)).all() == []
+
+
+# ---------------------------------------------------------------- the editor's side
+
+
+def mailer_cli(server: WebServer, *args: str):
+    return CliRunner().invoke(cli, ["--config", str(server.cfg.path), *args])
+
+
+def test_subscribers_show_prints_the_consent_record_and_the_export_keeps_it(site, smtp_server) -> None:
+    server, db = site
+    sign_up(server, themes=["ai", "cyber", "no-such-theme"])
+    wait_for_mail(smtp_server)
+    path = CONFIRM_LINK.search(smtp_server.received[0].message.get_content()).group(1)
+    server.post(path, b"", FORM)
+    sub = reader(db)
+
+    shown = mailer_cli(server, "subscribers", "show", "ADA@example.com", "--json")
+    assert shown.exit_code == 0, shown.output
+    record = json.loads(shown.stdout)
+    assert record["status"] == "active" and record["themes"] == ["ai", "cyber"]
+    assert (record["signup_ip"], record["confirm_ip"]) == ("127.0.0.1", "127.0.0.1")
+    assert record["signup_at"] == sub.signup_at.isoformat()
+    assert record["confirmed_at"] == sub.confirmed_at.isoformat()
+    text = mailer_cli(server, "subscribers", "show", "ada@example.com")
+    assert text.exit_code == 0 and re.search(
+        r"^confirmed: +\S+ \S+ \S+ from 127\.0\.0\.1$", text.stdout, re.M
+    )
+
+    export = mailer_cli(server, "subscribers", "export")
+    header, row = export.stdout.splitlines()
+    assert header.endswith(",signup_at,signup_ip,confirmed_at,confirm_ip,themes")
+    consent = f'{sub.signup_at.isoformat()},127.0.0.1,{sub.confirmed_at.isoformat()},127.0.0.1,"ai,cyber"'
+    assert row.endswith(f",{consent}")
+
+
+def test_subscribers_add_confirm_mails_the_same_confirmation_and_adds_a_pending_reader(
+    site, smtp_server
+) -> None:
+    server, db = site
+    added = mailer_cli(server, "subscribers", "add", "--confirm", "Ada@Example.com", "--name", "Ada")
+    assert added.exit_code == 0, added.output
+    assert added.stdout == "a confirmation mailed to Ada@example.com\n"
+    sub = reader(db, "Ada@example.com")
+    assert (sub.status, sub.signup_ip) == ("pending", None)
+    assert len(smtp_server.received) == 1  # sent by the command itself
+    path = CONFIRM_LINK.search(smtp_server.received[0].message.get_content()).group(1)
+    server.post(path, b"", FORM)
+    assert reader(db, "Ada@example.com").status == "active"
+    shown = mailer_cli(server, "subscribers", "show", "ada@example.com")
+    assert re.search(r"^signed up: +.+ \(by the editor\)$", shown.stdout, re.M)
+
+
+def test_subscribers_show_of_nobody_is_one_line_and_exit_1(site) -> None:
+    server, _db = site
+    result = mailer_cli(server, "subscribers", "show", "nobody@example.com")
+    assert (result.exit_code, result.output) == (1, "error: no subscriber 'nobody@example.com'\n")

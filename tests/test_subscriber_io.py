@@ -152,9 +152,10 @@ def test_export_csv_keeps_status_and_dates_and_imports_back_into_an_empty_databa
 
     assert result.exit_code == 0, result.output
     assert result.stdout == (
-        "email,name,status,created_at,status_changed_at,bounce_count\n"
-        'ann@example.com,"Ann Lee, Jr.",active,2025-01-02T03:04:05+00:00,2025-06-07T08:09:10+00:00,0\n'
-        "bob@example.com,,unsubscribed,2025-01-02T03:04:05+00:00,2025-06-07T08:09:10+00:00,0\n"
+        "email,name,status,created_at,status_changed_at,bounce_count,"
+        "signup_at,signup_ip,confirmed_at,confirm_ip,themes\n"
+        'ann@example.com,"Ann Lee, Jr.",active,2025-01-02T03:04:05+00:00,2025-06-07T08:09:10+00:00,0,,,,,\n'
+        "bob@example.com,,unsubscribed,2025-01-02T03:04:05+00:00,2025-06-07T08:09:10+00:00,0,,,,,\n"
     )
     with db.session() as s:
         s.query(Subscriber).delete()

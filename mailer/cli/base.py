@@ -199,6 +199,32 @@ def listing(fn: Callable[..., Listing]) -> Callable[..., None]:
     return wrapper
 
 
+@dataclass
+class Detail:
+    """What a command showing one thing returns; `detail` prints it."""
+
+    record: dict[str, Any]  # --json prints this, every field in full
+    lines: list[tuple[str, str]]  # what a person reads: label, value
+
+
+def detail(fn: Callable[..., Detail]) -> Callable[..., None]:
+    """`listing`'s counterpart for one record: --json prints it as a JSON object, else
+    one "label: value" line per field."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON, in full.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> None:
+        result = fn(*args, **kwargs)
+        if as_json:
+            _json(result.record)
+            return
+        width = max((len(label) for label, _ in result.lines), default=0)
+        for label, value in result.lines:
+            click.echo(f"{label + ':':<{width + 1}} {value}")
+
+    return wrapper
+
+
 def _json(data: Any) -> None:
     click.echo(json_text(data))
 

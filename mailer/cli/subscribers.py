@@ -12,16 +12,19 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 import click
 from rich.table import Table
 
-from mailer.cli.base import App, Listing, _when, cli, command, json_text, listing
+from mailer import notices, signup
+from mailer.cli.base import App, Detail, Listing, _when, cli, command, detail, json_text, listing
 from mailer.errors import InputError
+from mailer.models import utcnow
 from mailer.subscriber_io import record, write_csv
-from mailer.subscribers import STATUSES, SubscriberStore
+from mailer.subscribers import STATUSES, SubscriberStore, normalise_email
 
 
 @cli.group()
@@ -32,8 +35,20 @@ def subscribers() -> None:
 @command(subscribers, "add")
 @click.argument("email")
 @click.option("--name", default="")
-def subscribers_add(app: App, email: str, name: str) -> None:
+@click.option(
+    "--confirm",
+    is_flag=True,
+    help="Mail them the confirmation link instead (double opt-in): pending until they click.",
+)
+def subscribers_add(app: App, email: str, name: str, confirm: bool) -> None:
     """Add one subscriber (syntax-checked, no DNS look-up)."""
+    if confirm:
+        kind = signup.request(app.db, app.cfg, signup.Signup(email, name), None, utcnow())
+        sent = notices.send_due(app.db, app.cfg)
+        what = "a confirmation" if kind == notices.CONFIRM else "'already subscribed' (nothing to confirm)"
+        queued = "mailed" if sent else "queued (the relay did not take it now; the service retries)"
+        click.echo(f"{what} {queued} to {normalise_email(email)}")
+        return
     sub, created = SubscriberStore(app.db).add(email, name)
     if created:
         click.echo(f"added {sub.email}")
@@ -120,6 +135,32 @@ def subscribers_list(app: App, status: str | None) -> Listing:
     for s in rows:
         table.add_row(str(s.id), s.email, s.name, s.status, _when(s.status_changed_at, app.cfg))
     return Listing([record(s) for s in rows], table, f"{len(rows)} subscriber(s)")
+
+
+@command(subscribers, "show")
+@click.argument("email")
+@detail
+def subscribers_show(app: App, email: str) -> Detail:
+    """One subscriber in full, with the consent record of a web sign-up."""
+    sub = SubscriberStore(app.db).get(email)
+    rec = record(sub)
+    lines = [
+        ("email", sub.email),
+        ("name", sub.name or "-"),
+        ("status", f"{sub.status} since {_when(sub.status_changed_at, app.cfg)}"),
+        ("added", _when(sub.created_at, app.cfg)),
+        ("signed up", _consent(sub.signup_at, sub.signup_ip, app)),
+        ("confirmed", _consent(sub.confirmed_at, sub.confirm_ip, app)),
+        ("themes", ", ".join(rec["themes"]) or "all"),
+        ("bounces", str(sub.bounce_count)),
+    ]
+    return Detail(rec, lines)
+
+
+def _consent(at: datetime | None, ip: str | None, app: App) -> str:
+    if at is None:
+        return "-"
+    return f"{_when(at, app.cfg)} from {ip}" if ip else f"{_when(at, app.cfg)} (by the editor)"
 
 
 @command(subscribers, "remove")
