@@ -4,6 +4,9 @@ Building is one short transaction: the digest row (unique per slot), the article
 reserved for it, the editor's note for it and the frozen audience (one delivery row per
 active subscriber). The HTML (CSS inlined once by premailer) and the text part are stored
 on the digest, so a send resumed after a crash mails exactly what the first attempt mailed.
+Readers who chose themes get an edition cut to them (DigestEdition, stored the same way,
+one per distinct choice); a reader whose themes have no article this time is recorded as
+skipped with the reason, in the same statement that freezes the audience.
 
 The editor shapes the next issue before it is built: held articles are never chosen;
 pinned ones are chosen first and lead their section; an article's summary replaces its
@@ -32,7 +35,17 @@ from sqlalchemy.orm import Session
 from mailer.config import Config
 from mailer.db import Database, serialise
 from mailer.errors import InputError, NotFound
-from mailer.models import Article, Delivery, Digest, DigestStatus, Subscriber, UTCDateTime, utcnow
+from mailer.models import (
+    Article,
+    Delivery,
+    DeliveryStatus,
+    Digest,
+    DigestEdition,
+    DigestStatus,
+    Subscriber,
+    UTCDateTime,
+    utcnow,
+)
 from mailer.notes import waiting_note
 from mailer.render import PREVIEW_UNSUBSCRIBE, Renderer, digest_order
 from mailer.scheduler import Schedule, Slot
@@ -47,6 +60,7 @@ SKIPPED = DigestStatus.SKIPPED
 FAILED = DigestStatus.FAILED
 # The note of a slot the editor skipped (skip_slot); only such a row can be un-skipped.
 SKIPPED_BY_EDITOR = "skipped by the editor"
+NO_ARTICLE_IN_THEMES = "no article in the reader's themes this time"
 
 
 def _unsent(s: Session, limit: int, themes: Themes) -> list[Article]:
@@ -160,17 +174,21 @@ def build(
         s.execute(update(Article).where(Article.id.in_([a.id for a in articles])).values(digest_id=digest.id))
         if editor_note is not None:
             editor_note.digest_id = digest.id  # this issue's note now; the next has none yet
-        # Freeze the audience in one statement: fast even for 100,000 subscribers.
+        empty = _editions(s, renderer, digest, articles, slot, editor_note.markdown if editor_note else "")
+        # Freeze the audience in one statement: fast even for 100,000 subscribers. A reader
+        # whose themes have no article this time is recorded as skipped, with the reason.
+        nothing = Subscriber.themes.in_(empty)
         s.execute(
             insert(Delivery).from_select(
-                ["digest_id", "subscriber_id", "status", "attempts", "last_reply", "updated_at"],
+                ["digest_id", "subscriber_id", "status", "attempts", "last_reply", "updated_at", "themes"],
                 select(
                     literal(digest.id),
                     Subscriber.id,
-                    literal("queued"),
+                    case((nothing, literal(DeliveryStatus.SKIPPED)), else_=literal(DeliveryStatus.QUEUED)),
                     literal(0),
-                    literal(""),
+                    case((nothing, literal(NO_ARTICLE_IN_THEMES)), else_=literal("")),
                     literal(utcnow(), UTCDateTime()),
+                    Subscriber.themes,
                 )
                 .where(Subscriber.status == "active")
                 .order_by(Subscriber.id),
@@ -178,6 +196,36 @@ def build(
         )
         log.info("digest #%s built for slot %s: %d articles", issue, slot.key, len(articles))
         return digest
+
+
+def _editions(
+    s: Session, renderer: Renderer, digest: Digest, articles: list[Article], slot: Slot, note: str
+) -> list[str]:
+    """One edition per theme choice among the active readers, holding only those themes'
+    articles (sections, contents line and subject); the choices with no article this
+    time are returned (their readers get no mail). A choice that covers every article
+    needs no edition: its readers get the digest itself."""
+    choices = s.scalars(
+        select(Subscriber.themes).where(Subscriber.status == "active", Subscriber.themes != "").distinct()
+    ).all()
+    empty = []
+    for key in choices:
+        chosen = set(key.split(","))
+        subset = [a for a in articles if a.theme in chosen]
+        if not subset:
+            empty.append(key)
+        elif len(subset) < len(articles):
+            content = renderer.content(subset, digest.issue_number or 0, slot.at, note)
+            s.add(
+                DigestEdition(
+                    digest_id=digest.id,
+                    themes=key,
+                    subject=content.subject,
+                    html=renderer.html(content),
+                    text=renderer.text(content),
+                )
+            )
+    return empty
 
 
 def skip_slot(db: Database, slot: Slot) -> Digest:

@@ -9,6 +9,7 @@ mailer.delivery.queue finishing a digest), mailer.delivery.queue.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -160,7 +161,7 @@ class Subscriber(Base):
     signup_ip: Mapped[str | None] = mapped_column(String(45))
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     confirm_ip: Mapped[str | None] = mapped_column(String(45))
-    # Themes the reader asked for (slugs, comma-separated); empty: every theme.
+    # Themes the reader asked for (slugs, sorted, comma-separated: theme_key); "" every theme.
     themes: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     def confirm(self, ip: str, now: datetime) -> bool:
@@ -173,6 +174,11 @@ class Subscriber(Base):
         self.confirmed_at = now
         self.confirm_ip = ip
         return True
+
+
+def theme_key(slugs: Iterable[str]) -> str:
+    """A choice of themes as stored: sorted, unique, comma-separated ("" for all)."""
+    return ",".join(sorted({s for s in slugs if s}))
 
 
 class NoticeStatus(StrEnum):
@@ -287,6 +293,24 @@ class Delivery(Base):
     # The run (DeliveryRun.id) that claimed it while it is `sending`: a row whose run is no
     # longer alive goes back to the queue (mailer.delivery.queue).
     claimed_by: Mapped[str | None] = mapped_column(String(100))
+    # The reader's themes when the digest was built (Subscriber.themes): which edition
+    # (DigestEdition) they get; "" the whole digest.
+    themes: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class DigestEdition(Base):
+    """A digest cut down to some readers' themes: its own sections, contents and subject.
+    Made when the digest is built, one per theme choice among its readers."""
+
+    __tablename__ = "digest_editions"
+    __table_args__ = (UniqueConstraint("digest_id", "themes"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"))
+    themes: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(String(500))
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
 
 
 class DeliveryRun(Base):

@@ -26,7 +26,7 @@ from sqlalchemy import delete, func, select
 from mailer.config import Config
 from mailer.db import Database, serialise
 from mailer.errors import MailerError
-from mailer.models import Notice, SignupRequest, Subscriber, SubscriberStatus
+from mailer.models import Notice, SignupRequest, Subscriber, SubscriberStatus, theme_key
 from mailer.notices import ALREADY, CONFIRM
 from mailer.subscribers import clean_name, new_nonce, normalise_email
 from mailer.tokens import Tokens
@@ -60,7 +60,7 @@ def request(db: Database, cfg: Config, form: Signup, ip: str | None, now: dateti
     email = normalise_email(form.email)
     name = clean_name(form.name)
     known = {t.slug for t in cfg.themes}
-    themes = ",".join(t for t in dict.fromkeys(form.themes) if t in known)
+    themes = theme_key(t for t in form.themes if t in known)
     limits = cfg.signup
     with db.session() as s:
         serialise(s, "signup")  # one check-then-write at a time, across instances

@@ -50,7 +50,20 @@ def test_the_status_checks_migration_keeps_every_row(tmp_path, database_url):
                 ),
                 {"e": f"reader{i}@example.com", "t": datetime(2026, 1, 1), "n": f"{i:032d}"},
             )
-    digests.build(db, cfg, digests.manual_slot(digests.utcnow()))
+        conn.execute(
+            text(
+                "INSERT INTO digests (slot_key, slot_at, status, issue_number, subject, html, text,"
+                " created_at, note, last_error, run_failures) VALUES"
+                " ('manual:x', :t, 'sending', 1, 's', 'h', 't', :t, '', '', 0)"
+            ),
+            {"t": datetime(2026, 1, 1)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO deliveries (digest_id, subscriber_id, status, attempts, last_reply)"
+                " SELECT 1, id, 'queued', 0, '' FROM subscribers"
+            )
+        )
     before = _counts(db)
     assert before["Delivery"] == 5
     db.migrate()

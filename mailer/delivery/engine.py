@@ -2,15 +2,19 @@
 
 Each worker thread keeps its own SMTP connection (reused across messages) and its own
 raw database connection. They share a list of claimed recipients; whichever finds it
-empty claims the next batch. Database writes are serialised by one lock in the process,
-so SQLite's busy-wait (which sleeps in whole milliseconds) never comes into play.
+running low claims more. On SQLite, database writes are serialised by one lock in the
+process, so SQLite's busy-wait (which sleeps in whole milliseconds) never comes into
+play; PostgreSQL takes the workers' writes concurrently.
 
 Why this gives the crash bounds:
-* A worker records each result (one short commit) *before* it sends its next message.
-  So at any instant at most one message per connection has been accepted by the server
-  without being recorded; after a crash, only those are sent again when another run
-  re-queues the rows the dead run left in `sending` (see queue.py). A crash duplicates at
-  most `smtp.connections` messages, and loses none.
+* A worker records each result (one short commit) *before* its next message's data goes
+  out: the record rides in the next message's gate (jobs.Gate), the database round trip
+  that runs while the relay answers that message's envelope, and only when it has
+  committed does the message itself go. So at any instant at most one message per
+  connection has been accepted by the server without being recorded; after a crash, only
+  those are sent again when another run re-queues the rows the dead run left in
+  `sending` (see queue.py). A crash duplicates at most `smtp.connections` messages, and
+  loses none.
 * SIGTERM/Ctrl-C set a stop flag: each worker finishes and records the message it is
   sending, unsent claimed rows are put back to `queued`, and the run ends with no
   `sending` rows: a restart duplicates nothing.
@@ -31,14 +35,14 @@ What stops a run, and what does not:
 * A database error ends the run with one line; while the database is only locked by
   another process, a worker waits for it (queue.LOCK_PATIENCE) instead.
 
-Why one module of ~480 lines: the worker loop, its connection handling and its error
+Why one module of ~540 lines: the worker loop, its connection handling and its error
 paths are one protocol (when a claimed row is sent, recorded or given back), and the
-crash argument above reads in one place; the database side lives in queue.py.
+crash argument above reads in one place; the database side lives in queue.py and
+fastpath.py, the shared jobs, editions and the gate in jobs.py.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import threading
@@ -48,27 +52,38 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+
 from mailer import digest as digests
 from mailer.config import Config
 from mailer.db import Database, serialise
 from mailer.delivery import queue
 from mailer.delivery.fastpath import FastPath
-from mailer.delivery.pacing import ConnectionSlots, RateLimiter
+from mailer.delivery.jobs import Editions, Gate, Job, Shared
+from mailer.delivery.pacing import RateLimiter
 from mailer.dkim import DkimSigner
 from mailer.errors import MailerError
-from mailer.message import MessageTemplate, Recipient
-from mailer.models import DeliveryStatus, Digest, DigestStatus, Subscriber, SubscriberStatus, utcnow
+from mailer.message import Recipient
+from mailer.models import (
+    DeliveryStatus,
+    Digest,
+    DigestEdition,
+    DigestStatus,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
 from mailer.smtp import Outcome, Result, SmtpBusy, SmtpConnection, SmtpFatal
 from mailer.subscribers import set_status
 from mailer.tokens import Tokens, load_secret
-from mailer.unsubscribe_outbox import pending_unsubscribes
 
 log = logging.getLogger("mailer.delivery")
 
 # Rows claimed at a time, per connection: enough that claiming costs little, few enough
 # that runs joining a digest find rows left to share.
 CLAIM_PER_CONNECTION = 50
-# Fewer than this many left, per connection: the next batch is claimed ahead.
+# Fewer than this many left, per connection: this many more are claimed ahead. A small
+# top-up, not a whole batch, so a run joining later still finds rows to share.
 REFILL_PER_CONNECTION = 10
 # Digests being delivered by this process: one run per digest and process is enough (it
 # has smtp.connections workers), so a second thread of the process stays out.
@@ -97,39 +112,6 @@ class RunSummary:
 
 def unsubscribe_url(cfg: Config, tokens: Tokens, subscriber_id: int, nonce: str) -> str:
     return f"{cfg.digest.base_url}/unsubscribe/{tokens.make(subscriber_id, nonce)}"
-
-
-@dataclass
-class _Job:
-    delivery_id: int
-    attempts: int
-    recipient: Recipient
-
-
-class _Shared:
-    """What the workers of one run share: the claimed jobs, the write lock, the slots."""
-
-    def __init__(self, connections: int) -> None:
-        self.write_lock = threading.Lock()
-        # Taking a job must not wait behind another worker's write (SQLite's records hold
-        # write_lock): the jobs have a lock of their own, taken inside write_lock if both.
-        self.jobs_lock = threading.Lock()
-        self.jobs: collections.deque[_Job] = collections.deque()
-        self.more = True
-        self.consecutive = 0  # failures in a row, across connections
-        self.error: BaseException | None = None
-        self.slots = ConnectionSlots(connections)
-
-    def give_back(self, job: _Job) -> None:
-        with self.jobs_lock:
-            self.jobs.appendleft(job)
-
-    def take(self) -> _Job | None:
-        with self.jobs_lock:
-            return self.jobs.popleft() if self.jobs else None
-
-    def drained(self) -> bool:
-        return not self.jobs and not self.more
 
 
 class Deliverer:
@@ -173,7 +155,7 @@ class Deliverer:
             with _ACTIVE_LOCK:
                 _ACTIVE.discard(digest_id)
 
-    def _start(self, digest_id: int) -> tuple[RunSummary, MessageTemplate | None]:
+    def _start(self, digest_id: int) -> tuple[RunSummary, Editions | None]:
         """Join the digest's runs (and give up on what is too old); no template: nothing to do."""
         now = utcnow()
         with self.db.session() as s:
@@ -189,7 +171,8 @@ class Deliverer:
             self.limiter.share(len(queue.runs(s, digest_id, now)))
             if now - (d.retried_at or d.created_at) > digests.give_up_age(self.cfg):
                 queue.give_up(s, digest_id, self.cfg.delivery.give_up_hours, now)
-            return summary, MessageTemplate(self.cfg, d.id, d.subject, d.html, d.text)
+            editions = s.scalars(select(DigestEdition).where(DigestEdition.digest_id == d.id)).all()
+            return summary, Editions(self.cfg, d, list(editions))
 
     def _run(self, digest_id: int) -> RunSummary:
         summary, template = queue.patiently(self.db.url, self.stop, self._start, digest_id)
@@ -216,8 +199,8 @@ class Deliverer:
             raise error
         return summary
 
-    def _coordinate(self, template: MessageTemplate, summary: RunSummary, halt: threading.Event) -> None:
-        shared = _Shared(self.cfg.smtp.connections)
+    def _coordinate(self, template: Editions, summary: RunSummary, halt: threading.Event) -> None:
+        shared = Shared(self.cfg.smtp.connections)
         workers = [
             threading.Thread(target=self._work, args=(template, shared, halt, summary), daemon=True)
             for _ in range(self.cfg.smtp.connections)
@@ -255,13 +238,11 @@ class Deliverer:
             # The relay's per-second limit is shared by every run on the digest.
             self.limiter.share(len(queue.runs(s, digest_id, utcnow())))
 
-    def _work(
-        self, template: MessageTemplate, shared: _Shared, halt: threading.Event, summary: RunSummary
-    ) -> None:
+    def _work(self, template: Editions, shared: Shared, halt: threading.Event, summary: RunSummary) -> None:
         smtp = SmtpConnection(self.cfg.smtp)
         conn: FastPath | None = None
-        job: _Job | None = None  # claimed, not yet handed to the relay
-        done: tuple[_Job, Result] | None = None  # handed to the relay, not yet recorded
+        job: Job | None = None  # claimed, not yet handed to the relay
+        done: tuple[Job, Result] | None = None  # handed to the relay, not yet recorded
         try:
             conn = self._guard_db(shared, halt, self._fast_path)
             while conn is not None and not (halt.is_set() or self.stop.is_set()):
@@ -273,12 +254,12 @@ class Deliverer:
                     done = None
                     halt.wait(1.0)
                     continue
-                if not isinstance(got, _Job):
+                if not isinstance(got, Job):
                     break
                 job = got
                 if not self.limiter.acquire(halt):  # halted while waiting for its turn
                     break
-                gate = _Gate(self, conn, shared, halt, summary, done, job)
+                gate = Gate(self, conn, shared, halt, summary, done, job)
                 result = self._send(template, smtp, job, gate)
                 gate()  # if the data never went out, the previous message is recorded now
                 done = gate.done
@@ -310,10 +291,10 @@ class Deliverer:
     def _settle(
         self,
         conn: FastPath,
-        shared: _Shared,
+        shared: Shared,
         halt: threading.Event,
         summary: RunSummary,
-        done: tuple[_Job, Result] | None,
+        done: tuple[Job, Result] | None,
     ) -> None:
         """Record a message handed to the relay that no next message's gate recorded."""
         if done is not None:
@@ -323,11 +304,11 @@ class Deliverer:
         # A raw connection from the engine's pool: with the engine's pragmas on SQLite.
         return FastPath(self.db.engine.raw_connection(), self.db.engine.dialect.name)
 
-    def _send(self, template: MessageTemplate, smtp: SmtpConnection, job: _Job, gate: _Gate) -> Result | None:
+    def _send(self, template: Editions, smtp: SmtpConnection, job: Job, gate: Gate) -> Result | None:
         """One message; None when the relay refused a new connection (not sent)."""
         had = smtp.conn is not None
         try:
-            data = template.render(job.recipient)
+            data = template.of(job).render(job.recipient)
             if self.signer is not None:
                 data = self.signer.sign(data)  # last: after the message is final
             return smtp.send(self.cfg.smtp.from_address, job.recipient.email, data, gate)
@@ -341,7 +322,7 @@ class Deliverer:
                 gate.shared.slots.closed()  # the relay hung up (421 or a dropped line)
 
     def _connect(
-        self, smtp: SmtpConnection, shared: _Shared, halt: threading.Event, summary: RunSummary
+        self, smtp: SmtpConnection, shared: Shared, halt: threading.Event, summary: RunSummary
     ) -> bool:
         """Make sure this worker has an open connection. False when it should stop: the
         run is halted or done, or the relay refuses every connection (the run stops)."""
@@ -374,7 +355,7 @@ class Deliverer:
             shared.slots.connected()
         return True
 
-    def _guard_db(self, shared: _Shared, halt: threading.Event, work: Callable[..., Any], *args: Any) -> Any:
+    def _guard_db(self, shared: Shared, halt: threading.Event, work: Callable[..., Any], *args: Any) -> Any:
         """`patiently` inside a worker: a database error (or a lost run) is kept as the
         run's error and halts every worker; None is returned then."""
         try:
@@ -384,7 +365,7 @@ class Deliverer:
             halt.set()
             return None
 
-    def _next_job(self, shared: _Shared, summary: RunSummary) -> _Job | bool | None:
+    def _next_job(self, shared: Shared, summary: RunSummary) -> Job | bool | None:
         """The next claimed job; None when nothing is left; False when the only rows left
         are in flight with other runs: wait, then ask again (they finish, or their run
         dies and its rows come back), so the last run standing finishes the digest."""
@@ -395,31 +376,30 @@ class Deliverer:
             low = len(shared.jobs) < self.cfg.smtp.connections * REFILL_PER_CONNECTION
             if low and shared.more and shared.write_lock.acquire(blocking=False):
                 try:
-                    self._refill(shared, summary)
+                    self._refill(shared, summary, REFILL_PER_CONNECTION)
                 finally:
                     shared.write_lock.release()
             return job
         with shared.write_lock:  # one claim at a time; the others then find its jobs
             job = shared.take()
             if job is None and shared.more:
-                self._refill(shared, summary)
+                self._refill(shared, summary, CLAIM_PER_CONNECTION)
                 job = shared.take()
         if job is not None:
             return job
         return False if shared.more else None
 
-    def _refill(self, shared: _Shared, summary: RunSummary) -> None:
+    def _refill(self, shared: Shared, summary: RunSummary, per_connection: int) -> None:
         """Claim the next batch (with the write lock held)."""
-        batch, elsewhere = self._claim(summary)
+        batch, elsewhere = self._claim(summary, per_connection * self.cfg.smtp.connections)
         shared.more = bool(batch) or elsewhere > 0
         with shared.jobs_lock:
             shared.jobs.extend(batch)
 
     # ------------------------------------------------------------------ database work
 
-    def _claim(self, summary: RunSummary) -> tuple[list[_Job], int]:
+    def _claim(self, summary: RunSummary, limit: int) -> tuple[list[Job], int]:
         now = utcnow()
-        limit = CLAIM_PER_CONNECTION * self.cfg.smtp.connections
         with self.db.session() as s:
             if self.cfg.smtp.max_per_hour:
                 # The relay's hourly quota holds for every run together: never claim more
@@ -435,7 +415,7 @@ class Deliverer:
             )
         summary.skipped += skipped
         jobs = [
-            _Job(
+            Job(
                 c.delivery_id,
                 c.attempts,
                 Recipient(
@@ -445,6 +425,7 @@ class Deliverer:
                     unsubscribe_url(self.cfg, self.tokens, c.subscriber_id, c.nonce),
                     c.message_key,
                 ),
+                c.themes,
             )
             for c in claimed
         ]
@@ -453,11 +434,11 @@ class Deliverer:
     def _record(
         self,
         conn: FastPath,
-        job: _Job,
+        job: Job,
         result: Result,
         summary: RunSummary,
-        shared: _Shared,
-        following: _Job | None,
+        shared: Shared,
+        following: Job | None,
     ) -> bool | None:
         """One short commit per message, then the run's counts. With `following`, also
         its pre-send check: active or not, None when its row is no longer this run's
@@ -478,7 +459,7 @@ class Deliverer:
             self._count(job, result, summary)
         return active
 
-    def _observe(self, result: Result, summary: RunSummary, halt: threading.Event, shared: _Shared) -> None:
+    def _observe(self, result: Result, summary: RunSummary, halt: threading.Event, shared: Shared) -> None:
         """What a reply says about the relay, as soon as it comes (not when it is recorded,
         a message later): a FATAL one, or `max_consecutive_errors` failures in a row across
         the connections, halt the run."""
@@ -498,7 +479,7 @@ class Deliverer:
                 )
                 halt.set()
 
-    def _count(self, job: _Job, result: Result, summary: RunSummary) -> None:
+    def _count(self, job: Job, result: Result, summary: RunSummary) -> None:
         """The run's counts, once a result is recorded (so a failed write leaves them true)."""
         outcome = result.outcome
         if outcome is Outcome.SENT:
@@ -547,57 +528,6 @@ _STATUS_OF = {
     Outcome.TEMPORARY: DeliveryStatus.RETRY,
     Outcome.PERMANENT: DeliveryStatus.FAILED,
 }
-
-
-class _Gate:
-    """SmtpConnection.send's `before_data` for one message: record the worker's previous
-    message (`done`) and check this one (still active, still this run's), in one database
-    round trip on PostgreSQL, while the relay answers this message's envelope. So the
-    previous message is recorded before this one's data goes out (the crash bound), and
-    the check stays the last thing before it (an unsubscribe counts). Runs once; called
-    again after send() it only makes sure `done` was recorded."""
-
-    def __init__(
-        self,
-        run: Deliverer,
-        conn: FastPath,
-        shared: _Shared,
-        halt: threading.Event,
-        summary: RunSummary,
-        done: tuple[_Job, Result] | None,
-        job: _Job,
-    ) -> None:
-        self.run, self.conn, self.shared, self.halt, self.summary = run, conn, shared, halt, summary
-        self.done = done  # None once recorded
-        self.job = job
-        self.ran = False
-        # Still active? None: the database failed or the run was replaced (halted).
-        self.active: bool | None = None
-        self.answer: Result | None = None  # for SmtpConnection.send: None means "send it"
-
-    def __call__(self) -> Result | None:
-        if self.ran:
-            return self.answer
-        self.ran = True
-        self.active = self.run._guard_db(self.shared, self.halt, self._round_trip)
-        # An unsubscribe still in the outbox (the database was locked) counts too.
-        if self.active and self.job.recipient.subscriber_id in pending_unsubscribes(self.run.cfg):
-            self.active = False
-        if self.active is None:
-            self.answer = Result(Outcome.SKIPPED, "the run halted before sending")  # not recorded
-        elif not self.active:
-            self.answer = Result(Outcome.SKIPPED, "subscriber no longer active")
-        return self.answer
-
-    def _round_trip(self) -> bool:
-        job = self.job
-        if self.done is None:
-            return self.conn.still_active(job.recipient.subscriber_id, job.delivery_id, self.run.owner)
-        active = self.run._record(self.conn, *self.done, self.summary, self.shared, job)
-        self.done = None
-        if active is None:  # recorded, but this message's row is no longer this run's
-            raise queue.LostRun()
-        return active
 
 
 def deliver(

@@ -142,6 +142,7 @@ class Claimed:
     nonce: str
     # The row's Message-ID key: stored when the row is first claimed, then always the same.
     message_key: str
+    themes: str = ""  # the reader's edition (DigestEdition.themes); "" the whole digest
 
 
 def claim(
@@ -178,7 +179,9 @@ def claim(
             updated_at=now,
             message_key=func.coalesce(Delivery.message_key, RandomKey()),
         )
-        .returning(Delivery.id, Delivery.attempts, Delivery.subscriber_id, Delivery.message_key)
+        .returning(
+            Delivery.id, Delivery.attempts, Delivery.subscriber_id, Delivery.message_key, Delivery.themes
+        )
         .execution_options(synchronize_session=False)
     ).all()
     readers = {
@@ -191,13 +194,13 @@ def claim(
     }
     jobs: list[Claimed] = []
     inactive: list[int] = []
-    for delivery_id, attempts, sub_id, key in sorted(taken):
+    for delivery_id, attempts, sub_id, key, themes in sorted(taken):
         reader = readers[sub_id]
         if reader.status != SubscriberStatus.ACTIVE:
             inactive.append(delivery_id)
             continue
         jobs.append(
-            Claimed(delivery_id, attempts, sub_id, reader.email, reader.name, reader.token_nonce, key)
+            Claimed(delivery_id, attempts, sub_id, reader.email, reader.name, reader.token_nonce, key, themes)
         )
     if inactive:
         # Never handed to anyone: the claim is undone, the attempt not counted.

@@ -1,9 +1,10 @@
-"""sign-up with double opt-in: pending readers, their consent record, notices
+"""the reader's side: pending readers, consent, notices, themes per reader
 
 Adds the `pending` subscriber status (its CHECK widened), the consent record of a web
 sign-up and the reader's chosen themes on `subscribers`, the `notices` queue (mails to
-one reader outside the digest: a sign-up's confirmation) and `signup_requests` (what the
-per-IP limit counts). On SQLite, batch mode rebuilds `subscribers`; Database.migrate
+one reader outside the digest: a sign-up's confirmation), `signup_requests` (what the
+per-IP limit counts), and the editions of a digest cut to some readers' themes
+(`digest_editions`, with `deliveries.themes` naming each reader's). On SQLite, batch mode rebuilds `subscribers`; Database.migrate
 turns foreign keys off around a migration, so the rebuild cascades to nothing.
 
 Revision ID: 0009
@@ -74,6 +75,24 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_signup_requests")),
     )
     op.create_index("ix_signup_requests_ip_at", "signup_requests", ["ip", "at"])
+    op.add_column("deliveries", sa.Column("themes", sa.Text(), server_default="", nullable=False))
+    op.create_table(
+        "digest_editions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("digest_id", sa.Integer(), nullable=False),
+        sa.Column("themes", sa.Text(), nullable=False),
+        sa.Column("subject", sa.String(length=500), nullable=False),
+        sa.Column("html", sa.Text(), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["digest_id"],
+            ["digests.id"],
+            name=op.f("fk_digest_editions_digest_id_digests"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_digest_editions")),
+        sa.UniqueConstraint("digest_id", "themes", name=op.f("uq_digest_editions_digest_id")),
+    )
 
 
 def _keep_email_index() -> None:
@@ -82,6 +101,9 @@ def _keep_email_index() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("digest_editions")
+    with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.drop_column("themes")
     op.drop_table("signup_requests")
     op.drop_table("notices")
     op.execute("DELETE FROM subscribers WHERE status = 'pending'")
