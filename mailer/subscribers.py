@@ -9,6 +9,7 @@ The file formats an import reads live in mailer.subscriber_io.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +20,11 @@ from sqlalchemy.orm import Session
 
 from mailer.db import Database
 from mailer.errors import InputError, NotFound
-from mailer.models import Delivery, Subscriber, SubscriberStatus, utcnow
+from mailer.models import Delivery, Subscriber, SubscriberStatus, theme_key, utcnow
 from mailer.parsing import clean_line
+from mailer.tokens import Tokens
 
+BAD_PREFERENCES_LINK = "This preferences link is not valid. Nothing was changed."
 STATUSES = tuple(s.value for s in SubscriberStatus)  # plain strings: click shows enum names
 MAX_NAME_CHARS = 200
 
@@ -92,6 +95,32 @@ def set_status(s: Session, sub: Subscriber, status: str) -> None:
             .where(Delivery.subscriber_id == sub.id, Delivery.status.in_(("queued", "retry")))
             .values(status="skipped", last_reply=status, updated_at=utcnow())
         )
+
+
+def by_preferences_token(db: Database, tokens: Tokens, token: str) -> Subscriber:
+    """The reader a preferences link belongs to; InputError (400) when forged or revoked."""
+    sub_id = Tokens.subscriber_id(token)
+    with db.reader() as s:
+        sub = s.get(Subscriber, sub_id) if sub_id is not None else None
+    if sub is None or not tokens.verify_preferences(token, sub.id, sub.token_nonce):
+        raise InputError(BAD_PREFERENCES_LINK)
+    return sub
+
+
+def save_preferences(
+    db: Database, tokens: Tokens, token: str, themes: Iterable[str], known: set[str], name: str
+) -> Subscriber:
+    """A reader's own choice of themes (of those in `known`; none: all) and name, from
+    their preferences page. Takes effect from the next digest built."""
+    sub = by_preferences_token(db, tokens, token)
+    clean = clean_name(name)
+    with db.session() as s:
+        row = s.get(Subscriber, sub.id)
+        if row is None or row.token_nonce != sub.token_nonce:
+            raise InputError(BAD_PREFERENCES_LINK)  # forgotten or revoked a moment ago
+        row.themes = theme_key(t for t in themes if t in known)
+        row.name = clean
+        return row
 
 
 class SubscriberStore:

@@ -94,14 +94,22 @@ class Tokens:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
-    def _mac(self, subscriber_id: int, nonce: str) -> str:
+    def _mac(self, subscriber_id: int, nonce: str, purpose: str = "unsubscribe") -> str:
         digest = hmac.new(
-            self._secret, f"unsubscribe:{subscriber_id}:{nonce}".encode(), hashlib.sha256
+            self._secret, f"{purpose}:{subscriber_id}:{nonce}".encode(), hashlib.sha256
         ).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def make(self, subscriber_id: int, nonce: str) -> str:
         return f"{subscriber_id}.{self._mac(subscriber_id, nonce)}"
+
+    def preferences(self, subscriber_id: int, nonce: str) -> str:
+        """The preferences page's link: made and revoked like the unsubscribe token (the
+        same nonce), under a purpose of its own so neither can stand for the other."""
+        return f"{subscriber_id}.{self._mac(subscriber_id, nonce, 'preferences')}"
+
+    def verify_preferences(self, token: str, subscriber_id: int, nonce: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.preferences(subscriber_id, nonce).encode())
 
     @staticmethod
     def subscriber_id(token: str) -> int | None:

@@ -259,3 +259,60 @@ def test_subscribers_show_of_nobody_is_one_line_and_exit_1(site) -> None:
     server, _db = site
     result = mailer_cli(server, "subscribers", "show", "nobody@example.com")
     assert (result.exit_code, result.output) == (1, "error: no subscriber 'nobody@example.com'\n")
+
+
+# ---------------------------------------------------------------- preferences
+
+
+def preferences_path(server: WebServer, db: Database, email: str = "ada@example.com") -> str:
+    sub = reader(db, email)
+    return f"/preferences/{Tokens(load_secret(server.cfg.var_dir)).preferences(sub.id, sub.token_nonce)}"
+
+
+def test_a_reader_chooses_themes_and_name_on_their_preferences_page(site) -> None:
+    server, db = site
+    SubscriberStore(db).add("ada@example.com", "Ada")
+    path = preferences_path(server, db)
+    page = server.get(path)
+    assert page.status == 200
+    assert page.doc().xpath("//input[@name='themes' and @checked]") == []  # all themes
+    body = urlencode({"name": "Ada L.", "themes": ["policy", "ai", "no-such-theme"]}, doseq=True).encode()
+    saved = server.post(path, body, FORM)
+    assert saved.status == 200 and "Saved" in saved.body
+    assert sorted(saved.doc().xpath("//input[@name='themes' and @checked]/@value")) == ["ai", "policy"]
+    sub = reader(db)
+    assert (sub.themes, sub.name, sub.status) == ("ai,policy", "Ada L.", "active")
+    # Its unsubscribe button is the reader's own one-click unsubscribe.
+    [action] = saved.doc().xpath("//form[.//button[text()='Unsubscribe']]/@action")
+    assert server.post(action).status == 200 and reader(db).status == "unsubscribed"
+
+
+def test_a_forged_preferences_link_or_another_sites_post_changes_nothing(site) -> None:
+    server, db = site
+    SubscriberStore(db).add("ada@example.com")
+    sub = reader(db)
+    tokens = Tokens(load_secret(server.cfg.var_dir))
+    body = urlencode({"themes": "ai"}).encode()
+    for token in (tokens.make(sub.id, sub.token_nonce), f"{sub.id}.{'A' * 43}", "nonsense"):
+        assert server.get(f"/preferences/{token}").status in (400, 404)
+        assert server.post(f"/preferences/{token}", body, FORM).status in (400, 404)
+    cross_site = {**FORM, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    assert server.post(preferences_path(server, db), body, cross_site).status == 403
+    assert reader(db).themes == ""
+
+
+def test_a_reader_who_left_can_subscribe_again_from_preferences_through_a_confirmation(
+    site, smtp_server
+) -> None:
+    server, db = site
+    SubscriberStore(db).add("ada@example.com")
+    SubscriberStore(db).unsubscribe("ada@example.com")
+    page = server.get(preferences_path(server, db))
+    [form] = page.doc().xpath("//form[.//button[text()='Subscribe again']]")
+    fields = {i.get("name"): i.get("value") for i in form.xpath(".//input")}
+    assert server.post(form.get("action"), urlencode(fields).encode(), FORM).status == 200
+    wait_for_mail(smtp_server)
+    assert reader(db).status == "unsubscribed"  # until they confirm
+    path = CONFIRM_LINK.search(smtp_server.received[0].message.get_content()).group(1)
+    server.post(path, b"", FORM)
+    assert reader(db).status == "active"

@@ -1,4 +1,5 @@
-"""The public sign-up pages: the form, and the confirmation link's page.
+"""The reader's own pages: the sign-up form, the confirmation link's page, and the
+preferences page (themes, name, unsubscribe, subscribe again) that every mail links to.
 
 Views parse the request, call one function of mailer.signup, render. The form is plain
 HTML that works embedded on another site (a cross-site POST is allowed here, see
@@ -14,8 +15,9 @@ from mailer import signup
 from mailer.config import Config
 from mailer.db import Database
 from mailer.errors import InputError
-from mailer.models import SubscriberStatus, utcnow
+from mailer.models import Subscriber, SubscriberStatus, utcnow
 from mailer.notices import NoticeSender
+from mailer.subscribers import by_preferences_token, save_preferences
 from mailer.themes import Themes
 from mailer.tokens import Tokens
 
@@ -64,6 +66,39 @@ def blueprint(db: Database, cfg: Config, tokens: Tokens, sender: NoticeSender) -
         sub = signup.check(db, cfg, tokens, token)
         done = signup.confirm(db, cfg, tokens, token, client_ip(), utcnow())
         return render_template("web_confirm.html", email=sub.email, token=token, done=done, active=True)
+
+    def preferences_page(token: str, sub: Subscriber, saved: bool) -> str:
+        return render_template(
+            "web_preferences.html",
+            sub=sub,
+            token=token,
+            unsubscribe_token=tokens.make(sub.id, sub.token_nonce),
+            themes=Themes(cfg.themes).all if len(cfg.themes) > 1 else [],
+            chosen=set(sub.themes.split(",")) if sub.themes else set(),
+            saved=saved,
+        )
+
+    @bp.get("/preferences/<token>")
+    def preferences(token: str) -> str:
+        return preferences_page(token, by_preferences_token(db, tokens, token), saved=False)
+
+    @bp.post("/preferences/<token>")
+    def save(token: str) -> str:
+        # CSRF: the app refuses POSTs another site's page makes (mailer.web.access), and
+        # the token in the path is the reader's secret.
+        sub = save_preferences(
+            db,
+            tokens,
+            token,
+            request.form.getlist("themes")[:50],
+            {t.slug for t in cfg.themes},
+            request.form.get("name", "")[:400],
+        )
+        return preferences_page(token, sub, saved=True)
+
+    @bp.errorhandler(InputError)
+    def bad_input(exc: InputError) -> tuple[str, int]:
+        return render_template("web_error.html", code=400, message=str(exc)), 400
 
     @bp.errorhandler(signup.TooMany)
     def too_many(exc: signup.TooMany) -> tuple[str, int, dict[str, str]]:
