@@ -1,5 +1,6 @@
 """Notices: mails to one reader outside the digest (a sign-up's confirmation, "you are
-already subscribed"), queued in the database and sent by whichever process gets there.
+already subscribed", the latest issue as a welcome), queued in the database and sent by
+whichever process gets there.
 
     queued ──claim──▶ sending ──250──▶ sent
       ▲                  ├──4xx / relay down──▶ retry (next_attempt_at) ──due──▶ sending
@@ -35,8 +36,8 @@ from mailer.db import Database, serialise
 from mailer.delivery import queue
 from mailer.dkim import DkimSigner
 from mailer.errors import MailerError
-from mailer.message import message_id_domain
-from mailer.models import Notice, NoticeStatus, Subscriber, utcnow
+from mailer.message import MessageTemplate, Recipient, message_id_domain, new_message_key
+from mailer.models import Digest, DigestStatus, Notice, NoticeStatus, Subscriber, utcnow
 from mailer.render import template_environment
 from mailer.smtp import Outcome, SmtpConnection
 from mailer.tokens import Tokens, load_secret
@@ -45,7 +46,8 @@ log = logging.getLogger("mailer.notices")
 
 CONFIRM = "confirm"  # "confirm your subscription", with the confirmation link
 ALREADY = "already"  # to an active reader who signed up again: nothing to confirm
-KINDS = (CONFIRM, ALREADY)
+WELCOME = "welcome"  # the latest issue, to a reader who just confirmed (digest.welcome)
+KINDS = (CONFIRM, ALREADY, WELCOME)
 STALE_CLAIM = timedelta(minutes=10)
 MAX_ATTEMPTS = 5
 
@@ -71,8 +73,11 @@ def _claim(db: Database, notice_id: int, now: datetime) -> bool:
     return taken == 1
 
 
-def compose(cfg: Config, tokens: Tokens, sub: Subscriber, kind: str) -> bytes:
-    """The notice as bytes with CRLF line ends, ready for SMTP."""
+def compose(db: Database, cfg: Config, tokens: Tokens, sub: Subscriber, kind: str) -> bytes | None:
+    """The notice as bytes with CRLF line ends, ready for SMTP; None when there is nothing
+    to send any more (a welcome with no issue sent)."""
+    if kind == WELCOME:
+        return _latest_issue(db, cfg, tokens, sub)
     base = cfg.digest.base_url
     links = {
         "confirm_url": f"{base}/confirm/{tokens.confirm(sub.id, sub.token_nonce)}",
@@ -92,9 +97,29 @@ def compose(cfg: Config, tokens: Tokens, sub: Subscriber, kind: str) -> bytes:
     msg["Message-ID"] = make_msgid("notice", domain=message_id_domain(cfg))
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
     msg.set_content(text)
-    data = msg.as_bytes(policy=SMTP)
+    return _signed(cfg, msg.as_bytes(policy=SMTP))
+
+
+def _signed(cfg: Config, data: bytes) -> bytes:
     signer = DkimSigner.from_config(cfg)
     return signer.sign(data) if signer is not None else data
+
+
+def _latest_issue(db: Database, cfg: Config, tokens: Tokens, sub: Subscriber) -> bytes | None:
+    """The latest sent issue as the reader would have had it (the whole digest, their own
+    unsubscribe link, a Message-ID of its own)."""
+    with db.reader() as s:
+        d = s.scalars(
+            select(Digest)
+            .where(Digest.status == DigestStatus.SENT)
+            .order_by(Digest.issue_number.desc())
+            .limit(1)
+        ).first()
+    if d is None:
+        return None
+    url = f"{cfg.digest.base_url}/unsubscribe/{tokens.make(sub.id, sub.token_nonce)}"
+    rcpt = Recipient(sub.id, sub.email, sub.name, url, new_message_key())
+    return _signed(cfg, MessageTemplate(cfg, d.id, d.subject, d.html, d.text).render(rcpt))
 
 
 def send_due(db: Database, cfg: Config, stop: threading.Event | None = None) -> int:
@@ -140,8 +165,12 @@ def _send_one(db: Database, cfg: Config, tokens: Tokens, smtp: SmtpConnection, n
         kind = notice.kind if notice is not None else ""
     if sub is None:
         return True  # forgotten meanwhile: the row went with them
+    data = compose(db, cfg, tokens, sub, kind)
+    if data is None:
+        _record(db, notice_id, NoticeStatus.FAILED, "nothing to send", attempts)
+        return True
     try:
-        result = smtp.send(cfg.smtp.from_address, sub.email, compose(cfg, tokens, sub, kind))
+        result = smtp.send(cfg.smtp.from_address, sub.email, data)
     except MailerError as exc:  # SmtpBusy / SmtpFatal: the relay, not this reader
         _record(db, notice_id, NoticeStatus.RETRY, str(exc), attempts)
         log.warning("notice to subscriber %s not sent: %s", sub.id, exc)

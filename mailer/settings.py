@@ -126,6 +126,8 @@ class DigestConfig(_Section):
     postal_address: str = ""
     templates: str = "templates"
     lead_chars: Annotated[int, Field(ge=40)] = 320
+    # "latest": a reader who confirms a web sign-up is mailed the latest issue at once.
+    welcome: Literal["", "latest"] = ""
 
     @field_validator("subject")
     @classmethod

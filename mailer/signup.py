@@ -27,7 +27,7 @@ from mailer.config import Config
 from mailer.db import Database, serialise
 from mailer.errors import MailerError
 from mailer.models import Notice, SignupRequest, Subscriber, SubscriberStatus, theme_key
-from mailer.notices import ALREADY, CONFIRM
+from mailer.notices import ALREADY, CONFIRM, WELCOME
 from mailer.subscribers import clean_name, new_nonce, normalise_email
 from mailer.tokens import Tokens
 
@@ -122,7 +122,10 @@ def confirm(db: Database, cfg: Config, tokens: Tokens, token: str, ip: str, now:
         row = s.get(Subscriber, sub.id)
         if row is None or row.token_nonce != sub.token_nonce:
             raise BadLink(BAD_LINK)  # forgotten or revoked a moment ago
-        return row.confirm(ip, now)
+        confirmed = row.confirm(ip, now)
+        if confirmed and cfg.digest.welcome == "latest":
+            s.add(Notice(subscriber_id=row.id, kind=WELCOME, created_at=now))
+        return confirmed
 
 
 def purge(db: Database, cfg: Config, now: datetime) -> int:

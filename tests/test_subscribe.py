@@ -3,6 +3,7 @@ confirmation mail received by a real SMTP server, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -15,8 +16,8 @@ from click.testing import CliRunner
 from freezegun import freeze_time
 from sqlalchemy import select
 
+from mailer import delivery, signup
 from mailer import digest as digests
-from mailer import signup
 from mailer.cli import cli
 from mailer.config import load_config
 from mailer.db import Database
@@ -30,21 +31,30 @@ from tests.web_server import FORM, WebServer, write_test_config
 CONFIRM_LINK = re.compile(r"http://127\.0\.0\.1:8080(/confirm/\S+)")
 
 
-@pytest.fixture
-def site(tmp_path, smtp_server: SmtpServer, database_url: str) -> Iterator[tuple[WebServer, Database]]:
+@contextlib.contextmanager
+def running_site(tmp_path, smtp_server, database_url, **sections) -> Iterator[tuple[WebServer, Database]]:
     from mailer.articles import ArticleStore
 
+    signup_limits = {"per_ip_per_hour": 3}
     config = write_test_config(
-        tmp_path, smtp_server.port, database_url=database_url, signup={"per_ip_per_hour": 3}
+        tmp_path, smtp_server.port, database_url=database_url, signup=signup_limits, **sections
     )
     cfg = load_config(str(config))
     db = Database(cfg.database_url)
     db.migrate()
     ArticleStore(db, cfg).import_paths([str(SEEDS)])
     server = WebServer(db, cfg).start()
-    yield server, db
-    server.close()
-    db.dispose()
+    try:
+        yield server, db
+    finally:
+        server.close()
+        db.dispose()
+
+
+@pytest.fixture
+def site(tmp_path, smtp_server: SmtpServer, database_url: str) -> Iterator[tuple[WebServer, Database]]:
+    with running_site(tmp_path, smtp_server, database_url) as running:
+        yield running
 
 
 def sign_up(server: WebServer, **fields: str | list[str]):
@@ -316,3 +326,28 @@ def test_a_reader_who_left_can_subscribe_again_from_preferences_through_a_confir
     path = CONFIRM_LINK.search(smtp_server.received[0].message.get_content()).group(1)
     server.post(path, b"", FORM)
     assert reader(db).status == "active"
+
+
+def test_with_welcome_latest_a_confirmed_reader_is_mailed_the_latest_issue(
+    tmp_path, smtp_server, database_url
+) -> None:
+    with running_site(tmp_path, smtp_server, database_url, digest={"welcome": "latest"}) as (server, db):
+        SubscriberStore(db).add("zoe@example.com")
+        d = digests.build(db, server.cfg, digests.manual_slot(utcnow()))
+        delivery.deliver(db, server.cfg, d.id)
+        [issue] = smtp_server.received
+        sign_up(server)
+        wait_for_mail(smtp_server, 2)
+        path = CONFIRM_LINK.search(smtp_server.received[1].message.get_content()).group(1)
+        server.post(path, b"", FORM)
+        wait_for_mail(smtp_server, 3)
+        welcome = smtp_server.received[2].message
+        assert welcome["To"] == "ada@example.com" and welcome["Subject"] == issue.message["Subject"]
+        assert welcome["Message-ID"] != issue.message["Message-ID"]
+        sub = reader(db)
+        own = f"/unsubscribe/{Tokens(load_secret(server.cfg.var_dir)).make(sub.id, sub.token_nonce)}"
+        assert own in welcome["List-Unsubscribe"]
+        # A second press confirms nothing new, so no second welcome.
+        server.post(path, b"", FORM)
+        time.sleep(0.5)
+        assert len(smtp_server.received) == 3

@@ -65,6 +65,7 @@ def blueprint(db: Database, cfg: Config, tokens: Tokens, sender: NoticeSender) -
     def confirm(token: str) -> str:
         sub = signup.check(db, cfg, tokens, token)
         done = signup.confirm(db, cfg, tokens, token, client_ip(), utcnow())
+        sender.wake()  # a welcome issue (digest.welcome), if any
         return render_template("web_confirm.html", email=sub.email, token=token, done=done, active=True)
 
     def preferences_page(token: str, sub: Subscriber, saved: bool) -> str:
