@@ -59,14 +59,24 @@ def blueprint(db: Database, cfg: Config, tokens: Tokens, sender: NoticeSender) -
     def confirm_page(token: str) -> str:
         sub = signup.check(db, cfg, tokens, token)
         active = sub.status == SubscriberStatus.ACTIVE
-        return render_template("web_confirm.html", email=sub.email, token=token, done=False, active=active)
+        return confirm_page_of(sub, token, done=False, active=active)
 
     @bp.post("/confirm/<token>")
     def confirm(token: str) -> str:
         sub = signup.check(db, cfg, tokens, token)
         done = signup.confirm(db, cfg, tokens, token, client_ip(), utcnow())
         sender.wake()  # a welcome issue (digest.welcome), if any
-        return render_template("web_confirm.html", email=sub.email, token=token, done=done, active=True)
+        return confirm_page_of(sub, token, done=done, active=True)
+
+    def confirm_page_of(sub: Subscriber, token: str, done: bool, active: bool) -> str:
+        return render_template(
+            "web_confirm.html",
+            email=sub.email,
+            token=token,
+            done=done,
+            active=active,
+            preferences_token=tokens.preferences(sub.id, sub.token_nonce),
+        )
 
     def preferences_page(token: str, sub: Subscriber, saved: bool) -> str:
         return render_template(
