@@ -22,6 +22,7 @@ from mailer.web.subscription import Subscriptions
 
 MAX_ID = 2**63 - 1  # ids above SQLite's INTEGER range are no row (404), not an OverflowError
 PREVIEW_TOKEN = PREVIEW_UNSUBSCRIBE.rsplit("/", 1)[1]
+FAVICON_MAX_AGE = 24 * 3600  # seconds
 
 
 def readable_article(db: Database, article_id: int, editor: bool) -> Article | None:
@@ -37,6 +38,15 @@ def blueprint(db: Database, cfg: Config, subscriptions: Subscriptions) -> Bluepr
     @bp.get("/healthz")
     def health() -> Response:
         return Response("ok\n", mimetype="text/plain")
+
+    @bp.get("/favicon.svg")
+    @bp.get("/favicon.ico")  # where browsers look on a page that links none (a mail's own HTML)
+    def favicon() -> Response:
+        # In the accent colour; templates/favicon.svg, so a templates folder may replace it.
+        icon = Response(render_template("favicon.svg"), mimetype="image/svg+xml")
+        icon.cache_control.public = True
+        icon.cache_control.max_age = FAVICON_MAX_AGE
+        return icon
 
     @bp.get(f"/articles/<int(max={MAX_ID}):article_id>")
     def article(article_id: int) -> str:
