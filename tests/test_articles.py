@@ -135,11 +135,11 @@ def test_typo_footer_in_a_new_file_is_caught_by_the_fuzzy_match(store, db, tmp_p
     assert all("chatbt" not in a.body for a in stored(db))
 
 
-def test_footer_of_a_new_source_in_config_is_removed_without_code(tmp_path) -> None:
+def test_footer_of_a_new_source_in_config_is_removed_without_code(tmp_path, database_url) -> None:
     footer = "Liked this story? Forward it to a colleague and follow The Example Wire!"
     folder = tmp_path / "other"
     folder.mkdir()
-    config = write_config(folder)
+    config = write_config(folder, database_url=database_url)
     # Added to the list in the file as an editor would (the boilerplate list spans lines).
     text = config.read_text(encoding="utf-8")
     assert text.count(f'    "{FOOTER}",\n') == 1

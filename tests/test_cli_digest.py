@@ -35,9 +35,9 @@ MANUAL = digests.manual_slot(datetime(2026, 11, 26, 2, 17, 23, tzinfo=UTC))
 
 
 @pytest.fixture
-def config_path(tmp_path: Path, smtp_server: SmtpServer) -> Path:
+def config_path(tmp_path: Path, smtp_server: SmtpServer, database_url: str) -> Path:
     # Room for every seed article in one digest, so the manual slot after it is skipped.
-    return write_config(tmp_path, smtp_server.port, digest={"max_articles": 500})
+    return write_config(tmp_path, smtp_server.port, database_url, digest={"max_articles": 500})
 
 
 @pytest.fixture

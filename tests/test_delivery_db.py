@@ -19,6 +19,9 @@ from mailer.delivery import queue
 from mailer.errors import MailerError
 from tests.conftest import populate, write_config
 
+# Another process holding SQLite's write lock on the .db file: PostgreSQL has no such lock.
+pytestmark = pytest.mark.sqlite_only(reason="SQLite's database-wide write lock")
+
 T0 = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
 READERS = 30
 HOLD = """
@@ -39,8 +42,8 @@ def short_busy_timeout(monkeypatch):
 
 
 @pytest.fixture
-def database(tmp_path, smtp_server, short_busy_timeout):
-    cfg = populate(write_config(tmp_path, smtp_server.port), READERS)
+def database(tmp_path, smtp_server, short_busy_timeout, database_url):
+    cfg = populate(write_config(tmp_path, smtp_server.port, database_url), READERS)
     database = Database(cfg.database_url)
     yield cfg, database, tmp_path / "mailer.db"
     database.dispose()

@@ -71,9 +71,11 @@ def rsa_key(tmp_path_factory: pytest.TempPathFactory) -> Key:
 
 
 @pytest.fixture
-def config_path(tmp_path: Path, rsa_key: Key) -> Path:
+def config_path(tmp_path: Path, rsa_key: Key, database_url: str) -> Path:
     """Overrides conftest's: DKIM on, and no SMTP server (nothing is sent here)."""
-    return write_config(tmp_path, dkim={**DKIM_SECTION, "key_file": str(rsa_key.path)})
+    return write_config(
+        tmp_path, database_url=database_url, dkim={**DKIM_SECTION, "key_file": str(rsa_key.path)}
+    )
 
 
 def dns_stub(key: Key, queried: list[bytes] | None = None) -> Callable[..., bytes | None]:

@@ -10,6 +10,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from sqlalchemy import create_engine
+
 from tests.conftest import ROOT, write_config
 
 MAILER = ROOT / ".venv" / "bin" / "mailer"
@@ -17,6 +19,19 @@ MAILER = ROOT / ".venv" / "bin" / "mailer"
 PLAIN_PATH = os.pathsep.join(
     p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep) if ".venv" not in p
 )
+
+
+def new_database(database_url: str) -> str:
+    """`database_url` with no schema in it yet, as a database an admin has just created:
+    demo data only goes into such a one, and the PostgreSQL database the fixture gives is
+    a copy of a migrated template."""
+    if database_url.startswith("postgresql"):
+        engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+        engine.dispose()
+    return database_url
 
 
 def _run(args: list[str], cwd: Path = ROOT, shell: bool = False) -> subprocess.CompletedProcess[str]:
@@ -43,8 +58,8 @@ def _people(config: Path) -> dict[str, str]:
     return {r["email"]: r["status"] for r in rows}
 
 
-def test_demo_readers_are_added_to_a_new_database_once(tmp_path):
-    config = write_config(tmp_path)
+def test_demo_readers_are_added_to_a_new_database_once(tmp_path, database_url):
+    config = write_config(tmp_path, database_url=new_database(database_url))
     first = _mailer(config, "init", "--demo").stdout
     assert "demo subscribers: 3 added" in first
     everyone = ("ada@example.com", "grace@example.com", "zoe@example.com")
@@ -57,8 +72,8 @@ def test_demo_readers_are_added_to_a_new_database_once(tmp_path):
     assert _people(config) == {"grace@example.com": "unsubscribed", "zoe@example.com": "active"}
 
 
-def test_a_database_everyone_left_gets_no_demo_readers_again(tmp_path):
-    config = write_config(tmp_path)
+def test_a_database_everyone_left_gets_no_demo_readers_again(tmp_path, database_url):
+    config = write_config(tmp_path, database_url=new_database(database_url))
     _mailer(config, "init", "--demo")
     for email in ("ada@example.com", "grace@example.com", "zoe@example.com"):
         _mailer(config, "subscribers", "forget", email, "--yes")
@@ -70,8 +85,8 @@ def test_a_database_everyone_left_gets_no_demo_readers_again(tmp_path):
     assert 1 not in [a["id"] for a in articles]  # a removed sample article stays removed
 
 
-def test_a_database_made_without_demo_data_does_not_get_it_later(tmp_path):
-    config = write_config(tmp_path)
+def test_a_database_made_without_demo_data_does_not_get_it_later(tmp_path, database_url):
+    config = write_config(tmp_path, database_url=new_database(database_url))
     _mailer(config, "init")
     assert "demo data: not loaded" in _mailer(config, "init", "--demo").stdout
     assert _people(config) == {}
@@ -83,8 +98,8 @@ def _printed_command(out: str) -> str:
     return match.group(1)
 
 
-def test_the_printed_command_runs_in_a_shell_without_the_virtualenv_on_path(tmp_path):
-    config = write_config(tmp_path)
+def test_the_printed_command_runs_in_a_shell_without_the_virtualenv_on_path(tmp_path, database_url):
+    config = write_config(tmp_path, database_url=new_database(database_url))
     command = _printed_command(_mailer(config, "init", "--demo").stdout)
     assert command == ".venv/bin/mailer"
     ran = _run([f"{command} --config {config} subscribers list"], shell=True)
@@ -92,8 +107,8 @@ def test_the_printed_command_runs_in_a_shell_without_the_virtualenv_on_path(tmp_
     assert "ada@example.com" in ran.stdout
 
 
-def test_the_printed_command_is_absolute_outside_the_checkout(tmp_path):
-    config = write_config(tmp_path)
+def test_the_printed_command_is_absolute_outside_the_checkout(tmp_path, database_url):
+    config = write_config(tmp_path, database_url=new_database(database_url))
     proc = _run([str(MAILER), "--config", str(config), "init", "--demo"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     command = _printed_command(proc.stdout)

@@ -14,8 +14,8 @@ MAILER = str(ROOT / ".venv" / "bin" / "mailer")
 
 
 @pytest.fixture
-def config(tmp_path):
-    path = write_config(tmp_path)
+def config(tmp_path, database_url):
+    path = write_config(tmp_path, database_url=database_url)
     populate(path, 5)
     return path
 

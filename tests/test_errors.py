@@ -19,6 +19,10 @@ from click.testing import CliRunner
 from mailer.cli import cli
 from tests.conftest import ROOT, write_config
 
+# A database file that cannot be opened or written (read-only disk, permissions, a full
+# disk, another process's write lock): what is named is the SQLite file and its folder.
+pytestmark = pytest.mark.sqlite_only(reason="SQLite's database file and its folder")
+
 RUN: dict[str, Any] = {"cwd": ROOT, "capture_output": True, "text": True, "timeout": 60}
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, populate, write_config
 from tests.smtp_server import free_port
+from tests.test_editor_demo import new_database
 
 RECIPIENTS = 60
 
@@ -67,11 +68,12 @@ def test_send_interrupted_then_restarted_reaches_everyone(big_list, smtp_server,
     assert duplicates <= max_duplicates
 
 
-def test_service_starts_serves_and_stops_cleanly_on_sigterm(tmp_path, smtp_server):
+def test_service_starts_serves_and_stops_cleanly_on_sigterm(tmp_path, smtp_server, database_url):
     web_port, catcher_port = free_port(), free_port()
     config = write_config(
         tmp_path,
         catcher_port,
+        new_database(database_url),  # `serve --demo` loads demo data only into a new one
         web={"port": web_port},
         catcher={"enabled": True, "port": catcher_port},
     )

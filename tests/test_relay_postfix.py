@@ -77,10 +77,10 @@ def assert_everyone_accepted_got_exactly_one(relay: Postfix, sink: SmtpServer, r
 
 
 def test_an_access_map_refusing_a_few_readers_fails_them_alone_and_everyone_else_gets_one_message(
-    tmp_path: Path, sink: SmtpServer
+    tmp_path: Path, sink: SmtpServer, database_url: str
 ) -> None:
     with private_postfix(reject=REJECTED, sink_port=sink.port) as relay:
-        config = write_config(tmp_path, relay.port)
+        config = write_config(tmp_path, relay.port, database_url)
         populate(config, READERS)
         run = send_now(config)
         assert run.returncode == 0, run.stderr
@@ -93,12 +93,12 @@ def test_an_access_map_refusing_a_few_readers_fails_them_alone_and_everyone_else
 
 
 def test_connection_limit_of_two_with_four_connections_still_delivers_everyone_once(
-    tmp_path: Path, sink: SmtpServer
+    tmp_path: Path, sink: SmtpServer, database_url: str
 ) -> None:
     # Postfix answers the 3rd and 4th connection "421 4.7.0 ... too many connections".
     limit = {"smtpd_client_connection_count_limit": "2"}
     with private_postfix(sink_port=sink.port, main_cf_extra=limit) as relay:
-        config = write_config(tmp_path, relay.port, smtp={"connections": 4})
+        config = write_config(tmp_path, relay.port, database_url, smtp={"connections": 4})
         populate(config, READERS)
         run = send_now(config)
         assert run.returncode == 0, run.stderr

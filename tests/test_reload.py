@@ -102,10 +102,11 @@ class Served:
 
 
 @pytest.fixture
-def config(tmp_path: Path, smtp_server: SmtpServer) -> Path:
+def config(tmp_path: Path, smtp_server: SmtpServer, database_url: str) -> Path:
     path = write_test_config(
         tmp_path,
         smtp_server.port,
+        database_url,
         web={"port": free_port()},
         schedule={"cron": NEVER, "timezone": ZONE, "grace_hours": 0},
     )

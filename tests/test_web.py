@@ -47,8 +47,8 @@ NOT_VALID = "This unsubscribe link is not valid. Nothing was changed."
 
 
 @pytest.fixture
-def config_path(tmp_path: Path, smtp_server: SmtpServer) -> Path:
-    return write_test_config(tmp_path, smtp_server.port)
+def config_path(tmp_path: Path, smtp_server: SmtpServer, database_url: str) -> Path:
+    return write_test_config(tmp_path, smtp_server.port, database_url)
 
 
 @pytest.fixture

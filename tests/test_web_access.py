@@ -36,8 +36,8 @@ PROXY_HEADERS = [
 
 
 @pytest.fixture
-def config_path(tmp_path: Path, smtp_server: SmtpServer) -> Path:
-    return write_test_config(tmp_path, smtp_server.port)
+def config_path(tmp_path: Path, smtp_server: SmtpServer, database_url: str) -> Path:
+    return write_test_config(tmp_path, smtp_server.port, database_url)
 
 
 @pytest.fixture

@@ -98,10 +98,10 @@ def serving(config: Path, env: dict[str, str]) -> Iterator[str]:
     ids=["public address, no password", "loopback", "public address, password"],
 )
 def test_every_url_in_the_start_up_banner_answers(
-    tmp_path: Path, smtp_server: SmtpServer, host: str, password: str
+    tmp_path: Path, smtp_server: SmtpServer, database_url: str, host: str, password: str
 ) -> None:
     port = free_port()
-    config = write_config(tmp_path, smtp_server.port, web={"host": host, "port": port})
+    config = write_config(tmp_path, smtp_server.port, database_url, web={"host": host, "port": port})
     env = {"MAILER_WEB_PASSWORD": password} if password else {}
     auth = {"Authorization": "Basic " + base64.b64encode(f"editor:{password}".encode()).decode()}
 

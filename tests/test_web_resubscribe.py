@@ -33,8 +33,8 @@ FROM_ANOTHER_SITE = [
 
 
 @pytest.fixture
-def config_path(tmp_path: Path, smtp_server: SmtpServer) -> Path:
-    return write_test_config(tmp_path, smtp_server.port)
+def config_path(tmp_path: Path, smtp_server: SmtpServer, database_url: str) -> Path:
+    return write_test_config(tmp_path, smtp_server.port, database_url)
 
 
 @pytest.fixture

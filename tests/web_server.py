@@ -39,10 +39,12 @@ ONE_CLICK = b"List-Unsubscribe=One-Click"
 MAX_ARTICLES = 500
 
 
-def write_test_config(folder: Path, smtp_port: int, **sections: dict[str, object]) -> Path:
+def write_test_config(
+    folder: Path, smtp_port: int, database_url: str = "", **sections: dict[str, object]
+) -> Path:
     """tests.conftest.write_config with MAX_ARTICLES (unless `digest` says otherwise)."""
     digest = {"max_articles": MAX_ARTICLES, **sections.pop("digest", {})}
-    return write_config(folder, smtp_port, digest=digest, **sections)
+    return write_config(folder, smtp_port, database_url, digest=digest, **sections)
 
 
 @dataclass
