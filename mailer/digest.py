@@ -165,9 +165,9 @@ def build(
             slot_at=slot.at,
             status=SENDING,
             issue_number=issue,
-            subject=content.subject,
-            html=renderer.html(content),
-            text=renderer.text(content),
+            subject=storable(content.subject),
+            html=storable(renderer.html(content)),
+            text=storable(renderer.text(content)),
         )
         s.add(digest)
         s.flush()
@@ -198,6 +198,12 @@ def build(
         return digest
 
 
+def storable(text: str) -> str:
+    """Text as every database stores it: PostgreSQL refuses NUL in any text value, and a
+    config value (a theme's name, the subject template) can carry one into a digest."""
+    return text.replace("\x00", "")
+
+
 def _editions(
     s: Session, renderer: Renderer, digest: Digest, articles: list[Article], slot: Slot, note: str
 ) -> list[str]:
@@ -220,9 +226,9 @@ def _editions(
                 DigestEdition(
                     digest_id=digest.id,
                     themes=key,
-                    subject=content.subject,
-                    html=renderer.html(content),
-                    text=renderer.text(content),
+                    subject=storable(content.subject),
+                    html=storable(renderer.html(content)),
+                    text=storable(renderer.text(content)),
                 )
             )
     return empty

@@ -482,25 +482,9 @@ def test_hostile_values_for_header_keys_are_refused_when_the_config_loads(
         _config(section, key, value)(seeded, tmp_path, smtp_server.port)
 
 
-# Known bug: a NUL in a config value reaches the digest's stored subject unfiltered, and
-# PostgreSQL refuses it (DataError), so the build fails there; SQLite stores it.
-NUL_IN_SUBJECT_FAILS_ON_POSTGRESQL = {"newsletter-name", "subject-template", "theme-names"}
-
-
-@pytest.fixture
-def known_bugs(request: pytest.FixtureRequest, database_url: str, path: str) -> None:
-    if database_url.startswith("postgresql") and path in NUL_IN_SUBJECT_FAILS_ON_POSTGRESQL:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="a NUL in a config value reaches digests.subject; PostgreSQL refuses it (DataError)",
-            )
-        )
-
-
 @pytest.mark.parametrize("path", list(HOSTILE))
 def test_hostile_text_cannot_add_a_header_or_a_recipient(
-    path: str, seeded: Database, tmp_path: Path, smtp_server: SmtpServer, known_bugs: None
+    path: str, seeded: Database, tmp_path: Path, smtp_server: SmtpServer
 ) -> None:
     setup, reaches = HOSTILE[path]
     cfg = setup(seeded, tmp_path, smtp_server.port)
