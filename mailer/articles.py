@@ -21,13 +21,14 @@ What an import reads, and why nothing else is read:
 * Each file once. A file reached twice (a link to another file of the folder, or a path
   named twice) is read under its own name, and the other paths say which file they repeat.
 
-About 415 lines: the import of files and the editor's per-article commands share one
+About 435 lines: the import of files and the editor's per-article commands share one
 store; the file import is the piece to move out next.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -214,6 +215,22 @@ def is_http_url(url: str) -> bool:
         and bool(parts.netloc)
         and not any(c.isspace() or not c.isprintable() for c in url)
     )
+
+
+# What an import records as the source of an article whose file names none (the file's
+# name, e.g. "000_2144d8fa5bdb739e.txt"), and what `articles add` records ("cli"): the
+# editor's bookkeeping, never a name to show a reader.
+_FILE_NAME = re.compile(r"[^\s/]+\.[A-Za-z0-9]{1,8}")
+_NO_SOURCE = "cli"
+
+
+def source_name(source: str, url: str | None) -> str:
+    """The source as a reader sees it: a name the file gave (a teaser's "SCMP"), else the
+    host of the article's URL ("www." dropped), else "" (there is none to show)."""
+    if source and source != _NO_SOURCE and not _FILE_NAME.fullmatch(source):
+        return source
+    host = urlsplit(url).hostname if url and is_http_url(url) else None
+    return host.removeprefix("www.") if host else ""
 
 
 def check_url(url: str | None) -> str | None:

@@ -2,7 +2,9 @@
 
 A digest is rendered once, when it is built, and stored: a send resumed after a crash
 mails exactly what the first attempt mailed. Each recipient's unsubscribe link is a
-placeholder in the stored HTML and text, substituted per message (mailer.message).
+placeholder in the stored HTML and text, substituted per message (mailer.message), and
+by a public page in the issue's archive copy (mailer.archive); the "View in browser" link
+to that copy is the same for everyone, so it is rendered in.
 
 The HTML is fluid (a column capped at 600 px, layout in inline styles, so it fits a phone
 even without its <style> block), with a dark mode whose colours keep WCAG contrast 4.5:
@@ -13,6 +15,7 @@ part is wrapped at TEXT_WIDTH columns.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -32,6 +35,13 @@ from mailer.themes import Themes
 # escaping nor premailer nor URL handling can alter it.
 UNSUBSCRIBE_PLACEHOLDER = "MAILER_UNSUBSCRIBE_URL_7f3a9c"
 PREVIEW_UNSUBSCRIBE = "/unsubscribe/preview"
+# Every per-reader placeholder has this shape (a future preferences link included), and
+# the public copy of an issue (mailer.archive) puts, in place of each, the page on
+# base_url named here: a reader's token never reaches a public page. One the table does
+# not name yet gets PUBLIC_UNSUBSCRIBE, a page that belongs to no reader.
+PLACEHOLDER = re.compile(r"MAILER_[A-Z]+(?:_[A-Z]+)*_URL_[0-9a-f]{6}")
+PUBLIC_UNSUBSCRIBE = "/unsubscribe"
+PUBLIC_LINKS = {UNSUBSCRIBE_PLACEHOLDER: PUBLIC_UNSUBSCRIBE}
 
 TEXT_WIDTH = 72
 
@@ -43,6 +53,15 @@ def lead_of(paragraphs: list[str], max_chars: int) -> str:
         return first
     cut = first[:max_chars].rsplit(" ", 1)[0].rstrip(",;:-–— ")
     return cut + "…"
+
+
+def article_url(base_url: str, article_id: int, url: str | None) -> str:
+    """Where the mail links an article: its original if that is an http(s) URL, else its
+    page here. Checked again here, not only when stored: a row edited behind the store's
+    back must not put a javascript: link in anyone's mail."""
+    if url and is_http_url(url):
+        return url
+    return f"{base_url}/articles/{article_id}"
 
 
 @dataclass
@@ -90,11 +109,7 @@ class Renderer:
         self.env = template_environment(cfg)
 
     def article_url(self, article: Article) -> str:
-        # Checked again here, not only when stored: a row edited behind the store's back
-        # must not put a javascript: link in anyone's mail.
-        if article.url and is_http_url(article.url):
-            return article.url
-        return f"{self.cfg.digest.base_url}/articles/{article.id}"
+        return article_url(self.cfg.digest.base_url, article.id, article.url)
 
     def content(self, articles: list[Article], issue: int, when: datetime, note: str = "") -> Content:
         d = self.cfg.digest
@@ -134,6 +149,12 @@ class Renderer:
             note_text(note, TEXT_WIDTH),
         )
 
+    def archive_url(self, issue: int) -> str:
+        """The issue's public page (mailer.web.archive), the mail's "View in browser"
+        link: the same for every reader, so it is rendered into the stored digest. "" when
+        web.archive is off (that page would be a 404)."""
+        return f"{self.cfg.digest.base_url}/archive/{issue}" if self.cfg.web.archive else ""
+
     def _context(self, content: Content, unsubscribe_url: str) -> dict[str, Any]:
         d = self.cfg.digest
         return {
@@ -145,6 +166,7 @@ class Renderer:
             "postal_address": d.postal_address,
             "base_url": d.base_url,
             "unsubscribe_url": unsubscribe_url,
+            "archive_url": self.archive_url(content.issue),
         }
 
     def html(self, content: Content, unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> str:

@@ -186,6 +186,9 @@ class WebConfig(_Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     # Needed for the editor's pages when host is not loopback (MAILER_WEB_PASSWORD).
     password: str = Field(default="", repr=False)
+    # The public archive of sent issues (/archive, /archive/<issue>, /archive.atom) and
+    # the "View in browser" link in every mail; false turns all of it off (404).
+    archive: bool = True
 
 
 class SignupConfig(_Section):

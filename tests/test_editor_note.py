@@ -126,7 +126,7 @@ def test_the_note_leads_the_mailed_digest_once_and_stays_with_its_issue(
     notes.set_note(seeded, NOTE)
     preview = digests.preview(seeded, cfg)
     assert preview is not None and "A word before the news" in preview.html
-    assert preview.text.split("\n\n", 1)[1].startswith(NOTE_TEXT + "\n\nIn this issue:")
+    assert preview.text.split("=" * 60 + "\n\n", 1)[1].startswith(NOTE_TEXT + "\n\nIn this issue:")
 
     sent = mailer(config_path, "digest", "send", "--now")
     assert sent.returncode == 0, sent.stderr
@@ -136,11 +136,12 @@ def test_the_note_leads_the_mailed_digest_once_and_stays_with_its_issue(
         msg = received.message
         text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")  # type: ignore[union-attr]
         html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
-        header, rest = text.split("\n\n", 1)
+        view, header, rest = text.split("\n\n", 2)
+        assert view == f"View in browser: {cfg.digest.base_url}/archive/1"
         assert header.endswith("=" * 60) and rest.startswith(NOTE_TEXT + "\n\nIn this issue:")
         doc = lxml.html.document_fromstring(html)
         rows = [td.get("class") for td in doc.cssselect("table.card > tr > td")]
-        assert rows[:3] == ["head", "note", "toc"]
+        assert rows[:4] == ["web", "head", "note", "toc"]
         note_td = doc.cssselect("td.note")[0]
         assert note_td.cssselect("h1")[0].text_content() == "A word before the news"
         # Styled inline, as the rest of the card, for clients that drop <style>.

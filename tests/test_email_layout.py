@@ -55,7 +55,7 @@ TEXT_COLOURS = """() => {
     return getComputedStyle(document.documentElement).backgroundColor;
   };
   const picks = ['.brand', '.issue', '.toc strong', '.toc a', '.sec', 'h2.t a', 'p.lead',
-                 'a.more', '.foot p', '.foot a'];
+                 'a.more', '.foot p', '.foot a', '.web a'];
   return picks.flatMap(sel => Array.from(document.querySelectorAll(sel)).slice(0, 3).map(
     el => ({sel, color: getComputedStyle(el).color, background: behind(el)})));
 }"""

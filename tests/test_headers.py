@@ -338,10 +338,12 @@ def test_html_has_the_postal_address_in_the_footer_and_no_tracking(
         assert doc.xpath("//img | //picture | //*[@background]") == [] and "<img" not in html.lower()
         assert not re.search(r"url\(\s*['\"]?https?:", html)
         # Every link is the article's own URL, its page on base_url, the in-page table of
-        # contents, or the subscriber's unsubscribe link: no redirect or click tracking.
+        # contents, the issue's archive page ("View in browser") or the subscriber's
+        # unsubscribe link: no redirect or click tracking.
         hrefs = doc.xpath("//a/@href")
         sections = {f"#{slug}" for slug in doc.xpath("//*[@id]/@id")}
-        stray = [h for h in hrefs if h not in article_links | sections | {unsubscribe}]
+        archive = f"{cfg.digest.base_url}/archive/{digest.issue_number}"
+        stray = [h for h in hrefs if h not in article_links | sections | {unsubscribe, archive}]
         assert stray == []
         assert article_links <= set(hrefs)
 

@@ -43,7 +43,7 @@ from mailer.notices import NoticeSender
 from mailer.render import template_environment
 from mailer.tokens import Tokens, load_secret
 from mailer.unsubscribe_outbox import Busy, Outbox, outbox_folder
-from mailer.web import MAX_BODY_BYTES, access, editor, public, subscribe
+from mailer.web import MAX_BODY_BYTES, access, archive, editor, public, subscribe
 from mailer.web.subscription import InvalidLink, Subscriptions
 
 CROSS_SITE = "This form was sent from another web site, so nothing was changed."
@@ -123,6 +123,7 @@ def create_app(db: Database, config: Config | ConfigInForce) -> Flask:
     secret = load_secret(cfg.var_dir)
     subscriptions = Subscriptions(db, Tokens(secret), outbox)
     app.register_blueprint(public.blueprint(db, cfg, subscriptions))
+    app.register_blueprint(archive.blueprint(db, cfg))
     # Sign-up confirmations go out from this process as soon as they are asked for.
     sender = NoticeSender(db, cfg).start()
     app.extensions["mailer.notices"] = sender  # closed with the server (close_app)

@@ -1,17 +1,21 @@
 """The public pages: health check, articles of sent digests, unsubscribe and resubscribe.
+(The archive of sent issues is mailer.web.archive.)
 
 These are reachable by anyone wherever the server listens. An article page shows an
 article only once its digest was sent (Article.sent_at); drafts, held and reserved ones
 are the editor's (mailer.web.access) and 404 to everyone else, so sequential ids reveal
-nothing unsent. A GET never changes anything (link scanners fetch URLs): the unsubscribe
-page shows one button that POSTs.
+nothing unsent. It names the source as readers know it (mailer.articles.source_name), never
+the file an article was imported from. A GET never changes anything (link scanners fetch
+URLs): the unsubscribe page shows one button that POSTs; /unsubscribe without a token is
+where the archive's copy of an issue links instead of a reader's own page.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, abort, render_template, request
 
-from mailer.articles import is_http_url
+from mailer import archive
+from mailer.articles import is_http_url, source_name
 from mailer.config import Config
 from mailer.db import Database
 from mailer.models import Article
@@ -59,7 +63,16 @@ def blueprint(db: Database, cfg: Config, subscriptions: Subscriptions) -> Bluepr
             theme=Themes(cfg.themes).name(a.theme),  # per request: the config may be reloaded
             lead=lead_of(a.paragraphs, cfg.digest.lead_chars),
             original=a.url if a.url and is_http_url(a.url) else None,
+            source=source_name(a.source, a.url),
+            date=a.published_at or a.sent_at,
+            # Back to the issue that carried it, in the archive (when there is one).
+            archive=cfg.web.archive,
+            issue=archive.issue_of_article(db, a.digest_id) if cfg.web.archive else None,
         )
+
+    @bp.get("/unsubscribe")
+    def unsubscribe_help() -> str:
+        return render_template("web_unsubscribe.html", preview=False, public=True, done=False)
 
     @bp.get("/unsubscribe/<token>")
     def unsubscribe_page(token: str) -> str:
