@@ -4,8 +4,9 @@ Adds the `pending` subscriber status (its CHECK widened), the consent record of 
 sign-up and the reader's chosen themes on `subscribers`, the `notices` queue (mails to
 one reader outside the digest: a sign-up's confirmation), `signup_requests` (what the
 per-IP limit counts), and the editions of a digest cut to some readers' themes
-(`digest_editions`, with `deliveries.themes` naming each reader's). On SQLite, batch mode rebuilds `subscribers`; Database.migrate
-turns foreign keys off around a migration, so the rebuild cascades to nothing.
+(`digest_editions`, with `deliveries.themes` naming each reader's). On SQLite, batch
+mode rebuilds `subscribers`; Database.migrate turns foreign keys off around a migration,
+so the rebuild cascades to nothing.
 
 Revision ID: 0009
 Revises: 0008
