@@ -22,7 +22,7 @@ from sqlalchemy import select
 from mailer.config import Config
 from mailer.db import Database
 from mailer.models import Article, Digest, DigestStatus
-from mailer.render import PLACEHOLDER, PUBLIC_LINKS, PUBLIC_UNSUBSCRIBE, article_url, digest_order
+from mailer.render import PUBLIC_LINKS, article_url, digest_order, with_links
 from mailer.themes import Themes
 
 # The feed carries the newest issues only; the archive page lists all of them.
@@ -98,7 +98,7 @@ def public_issue(db: Database, cfg: Config, number: int) -> str | None:
 
 def public_html(html: str, base_url: str) -> str:
     """`html` with each per-reader placeholder replaced by its public page on `base_url`."""
-    return PLACEHOLDER.sub(lambda m: base_url + PUBLIC_LINKS.get(m.group(0), PUBLIC_UNSUBSCRIBE), html)
+    return with_links(html, base_url, PUBLIC_LINKS)
 
 
 def issue_of_article(db: Database, digest_id: int | None) -> int | None:

@@ -47,7 +47,7 @@ from mailer.models import (
     utcnow,
 )
 from mailer.notes import waiting_note
-from mailer.render import PREVIEW_UNSUBSCRIBE, Renderer, digest_order
+from mailer.render import PREVIEW_LINKS, Renderer, digest_order, with_links
 from mailer.scheduler import Schedule, Slot
 from mailer.themes import Themes
 
@@ -108,11 +108,11 @@ def preview(db: Database, cfg: Config, now: datetime | None = None) -> Preview |
     upcoming = schedule.next_slots(now, 1)
     when = upcoming[0].at if upcoming else now
     content = renderer.content(articles, issue, when, note.markdown if note else "")
-    unsubscribe = cfg.digest.base_url + PREVIEW_UNSUBSCRIBE
+    base = cfg.digest.base_url
     return Preview(
         content.subject,
-        renderer.html(content, unsubscribe),
-        renderer.text(content, unsubscribe),
+        with_links(renderer.html(content), base, PREVIEW_LINKS),
+        with_links(renderer.text(content), base, PREVIEW_LINKS),
         len(articles),
         issue,
     )

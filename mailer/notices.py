@@ -117,8 +117,15 @@ def _latest_issue(db: Database, cfg: Config, tokens: Tokens, sub: Subscriber) ->
         ).first()
     if d is None:
         return None
-    url = f"{cfg.digest.base_url}/unsubscribe/{tokens.make(sub.id, sub.token_nonce)}"
-    rcpt = Recipient(sub.id, sub.email, sub.name, url, new_message_key())
+    base = cfg.digest.base_url
+    rcpt = Recipient(
+        sub.id,
+        sub.email,
+        sub.name,
+        f"{base}/unsubscribe/{tokens.make(sub.id, sub.token_nonce)}",
+        new_message_key(),
+        f"{base}/preferences/{tokens.preferences(sub.id, sub.token_nonce)}",
+    )
     return _signed(cfg, MessageTemplate(cfg, d.id, d.subject, d.html, d.text).render(rcpt))
 
 

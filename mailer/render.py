@@ -34,14 +34,26 @@ from mailer.themes import Themes
 # message (mailer.message). Letters, digits and underscores only, so neither Jinja's
 # escaping nor premailer nor URL handling can alter it.
 UNSUBSCRIBE_PLACEHOLDER = "MAILER_UNSUBSCRIBE_URL_7f3a9c"
+# The same for the reader's preferences page (mailer.web.subscribe).
+PREFERENCES_PLACEHOLDER = "MAILER_PREFERENCES_URL_4b8e21"
 PREVIEW_UNSUBSCRIBE = "/unsubscribe/preview"
-# Every per-reader placeholder has this shape (a future preferences link included), and
-# the public copy of an issue (mailer.archive) puts, in place of each, the page on
-# base_url named here: a reader's token never reaches a public page. One the table does
-# not name yet gets PUBLIC_UNSUBSCRIBE, a page that belongs to no reader.
+PREVIEW_PREFERENCES = "/preferences/preview"
+# What a preview or a test copy links to instead: pages that belong to no reader.
+PREVIEW_LINKS = {UNSUBSCRIBE_PLACEHOLDER: PREVIEW_UNSUBSCRIBE, PREFERENCES_PLACEHOLDER: PREVIEW_PREFERENCES}
+# Every per-reader placeholder has this shape, and the public copy of an issue
+# (mailer.archive) puts, in place of each, the page on base_url named here: a reader's
+# token never reaches a public page. One the table does not name gets PUBLIC_UNSUBSCRIBE,
+# a page that belongs to no reader and says to use the links in one's own mail.
 PLACEHOLDER = re.compile(r"MAILER_[A-Z]+(?:_[A-Z]+)*_URL_[0-9a-f]{6}")
 PUBLIC_UNSUBSCRIBE = "/unsubscribe"
 PUBLIC_LINKS = {UNSUBSCRIBE_PLACEHOLDER: PUBLIC_UNSUBSCRIBE}
+
+
+def with_links(body: str, base_url: str, links: dict[str, str]) -> str:
+    """A stored digest's HTML or text with each per-reader placeholder replaced by the
+    page on base_url that `links` names for it (PREVIEW_LINKS, PUBLIC_LINKS)."""
+    return PLACEHOLDER.sub(lambda m: base_url + links.get(m.group(0), PUBLIC_UNSUBSCRIBE), body)
+
 
 TEXT_WIDTH = 72
 
@@ -156,6 +168,8 @@ class Renderer:
         return f"{self.cfg.digest.base_url}/archive/{issue}" if self.cfg.web.archive else ""
 
     def _context(self, content: Content, unsubscribe_url: str) -> dict[str, Any]:
+        """The template's variables; the per-reader links are placeholders (replaced per
+        message, or by with_links) unless `unsubscribe_url` is given (the naive bench)."""
         d = self.cfg.digest
         return {
             "c": content,
@@ -166,6 +180,7 @@ class Renderer:
             "postal_address": d.postal_address,
             "base_url": d.base_url,
             "unsubscribe_url": unsubscribe_url,
+            "preferences_url": PREFERENCES_PLACEHOLDER,
             "archive_url": self.archive_url(content.issue),
         }
 

@@ -338,12 +338,17 @@ def test_html_has_the_postal_address_in_the_footer_and_no_tracking(
         assert doc.xpath("//img | //picture | //*[@background]") == [] and "<img" not in html.lower()
         assert not re.search(r"url\(\s*['\"]?https?:", html)
         # Every link is the article's own URL, its page on base_url, the in-page table of
-        # contents, the issue's archive page ("View in browser") or the subscriber's
-        # unsubscribe link: no redirect or click tracking.
+        # contents, the issue's archive page ("View in browser") or the subscriber's own
+        # unsubscribe and preferences links: no redirect or click tracking.
         hrefs = doc.xpath("//a/@href")
         sections = {f"#{slug}" for slug in doc.xpath("//*[@id]/@id")}
         archive = f"{cfg.digest.base_url}/archive/{digest.issue_number}"
-        stray = [h for h in hrefs if h not in article_links | sections | {unsubscribe, archive}]
+        sub_id, _ = unsubscribe.rsplit("/", 1)[1].split(".", 1)
+        with seeded.reader() as s:
+            nonce = s.get(Subscriber, int(sub_id)).token_nonce
+        token = Tokens(load_secret(cfg.var_dir)).preferences(int(sub_id), nonce)
+        own = {unsubscribe, f"{cfg.digest.base_url}/preferences/{token}"}
+        stray = [h for h in hrefs if h not in article_links | sections | own | {archive}]
         assert stray == []
         assert article_links <= set(hrefs)
 

@@ -87,6 +87,12 @@ def test_sign_up_confirm_choose_two_themes_get_only_them_then_unsubscribe(
         sections = [re.sub(r" \(\d+\)$", "", line.removeprefix("- ")) for line in contents.splitlines()]
         assert sections == [n for n in sections if n in (names["ai"], names["policy"])] and sections
 
+        # The issue links to the reader's own preferences page, which shows their choice.
+        preferences = re.search(r"Your preferences: (\S+)", text).group(1)
+        page.goto(server.base + path_of(preferences))
+        expect(page.get_by_label(names["ai"])).to_be_checked()
+        expect(page.get_by_label(names["policy"])).to_be_checked()
+
         unsubscribe = issue["List-Unsubscribe"].strip("<>")
         page.goto(server.base + path_of(unsubscribe))
         page.get_by_role("button", name="Unsubscribe").click()

@@ -4,6 +4,7 @@ to an aiosmtpd server, and the unsubscribe links taken from what subscribers rec
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -127,11 +128,15 @@ def state(db: Database) -> tuple[int, int, list[int]]:
 
 
 def as_preview(cfg: Config, message_part: str, subscriber_url: str) -> str:
-    """A part of a received mail with the subscriber's own unsubscribe URL swapped for the
-    preview's, and MIME's CRLF line ends back to plain newlines."""
+    """A part of a received mail with the subscriber's own unsubscribe and preferences URLs
+    swapped for the preview's, and MIME's CRLF line ends back to plain newlines."""
     body = message_part.replace("\r\n", "\n")
     assert subscriber_url in body
-    return body.replace(subscriber_url, cfg.digest.base_url + render.PREVIEW_UNSUBSCRIBE)
+    base = cfg.digest.base_url
+    own_preferences = re.compile(re.escape(base) + r"/preferences/\d+\.[A-Za-z0-9_-]{43}")
+    assert own_preferences.search(body)
+    body = own_preferences.sub(base + render.PREVIEW_PREFERENCES, body)
+    return body.replace(subscriber_url, base + render.PREVIEW_UNSUBSCRIBE)
 
 
 def bounce(db: Database, email: str) -> None:

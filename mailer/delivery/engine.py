@@ -114,6 +114,10 @@ def unsubscribe_url(cfg: Config, tokens: Tokens, subscriber_id: int, nonce: str)
     return f"{cfg.digest.base_url}/unsubscribe/{tokens.make(subscriber_id, nonce)}"
 
 
+def preferences_url(cfg: Config, tokens: Tokens, subscriber_id: int, nonce: str) -> str:
+    return f"{cfg.digest.base_url}/preferences/{tokens.preferences(subscriber_id, nonce)}"
+
+
 class Deliverer:
     """Delivers one digest over `smtp.connections` reused SMTP connections."""
 
@@ -424,6 +428,7 @@ class Deliverer:
                     c.name,
                     unsubscribe_url(self.cfg, self.tokens, c.subscriber_id, c.nonce),
                     c.message_key,
+                    preferences_url(self.cfg, self.tokens, c.subscriber_id, c.nonce),
                 ),
                 c.themes,
             )

@@ -63,8 +63,10 @@ def send_test(cfg: Config, html: str, text: str, subject: str, to: str) -> str:
     """A test copy of a digest to one address; no state changes. Returns the server reply."""
     template = MessageTemplate(cfg, 0, f"[TEST] {subject}", html, text)
     # A fresh Message-ID key for every copy: a mailbox drops a Message-ID it has seen.
-    url = cfg.digest.base_url + render.PREVIEW_UNSUBSCRIBE
-    rcpt = Recipient(0, to, "", url, new_message_key())
+    base = cfg.digest.base_url
+    rcpt = Recipient(
+        0, to, "", base + render.PREVIEW_UNSUBSCRIBE, new_message_key(), base + render.PREVIEW_PREFERENCES
+    )
     data = template.render(rcpt)
     signer = DkimSigner.from_config(cfg)
     if signer is not None:

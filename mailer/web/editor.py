@@ -42,7 +42,7 @@ from mailer.config import Config
 from mailer.db import Database
 from mailer.errors import InputError, MailerError, NotFound
 from mailer.models import Article, Digest, utcnow
-from mailer.render import PREVIEW_UNSUBSCRIBE, UNSUBSCRIBE_PLACEHOLDER
+from mailer.render import PREVIEW_LINKS, with_links
 from mailer.scheduler import Schedule
 from mailer.subscribers import SubscriberStore
 from mailer.themes import Themes
@@ -107,9 +107,6 @@ def blueprint(db: Database, cfg: Config, secret: bytes) -> Blueprint:
     def mail_folder() -> Path:
         return cfg.resolve(cfg.catcher.folder)
 
-    def preview_link() -> str:
-        return cfg.digest.base_url + PREVIEW_UNSUBSCRIBE
-
     def html_page(body: str) -> Response:
         return Response(body, mimetype="text/html")
 
@@ -172,11 +169,11 @@ def blueprint(db: Database, cfg: Config, secret: bytes) -> Blueprint:
 
     @bp.get(f"/digests/<int(max={MAX_ID}):digest_id>")
     def digest_html(digest_id: int) -> Response:
-        return html_page(stored_digest(db, digest_id).html.replace(UNSUBSCRIBE_PLACEHOLDER, preview_link()))
+        return html_page(with_links(stored_digest(db, digest_id).html, cfg.digest.base_url, PREVIEW_LINKS))
 
     @bp.get(f"/digests/<int(max={MAX_ID}):digest_id>.txt")
     def digest_text(digest_id: int) -> Response:
-        return text_page(stored_digest(db, digest_id).text.replace(UNSUBSCRIBE_PLACEHOLDER, preview_link()))
+        return text_page(with_links(stored_digest(db, digest_id).text, cfg.digest.base_url, PREVIEW_LINKS))
 
     @bp.get("/mail")
     def mail_list() -> str:

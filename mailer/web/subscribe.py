@@ -17,11 +17,14 @@ from mailer.db import Database
 from mailer.errors import InputError
 from mailer.models import Subscriber, SubscriberStatus, utcnow
 from mailer.notices import NoticeSender
+from mailer.render import PREVIEW_PREFERENCES
 from mailer.subscribers import by_preferences_token, save_preferences
 from mailer.themes import Themes
 from mailer.tokens import Tokens
 
 HONEYPOT = "website"  # hidden from people; a bot that fills every field fills it
+PREVIEW_TOKEN = PREVIEW_PREFERENCES.rsplit("/", 1)[1]
+PREVIEW_MESSAGE = "This is the link from a preview or test copy; it does not belong to a reader."
 
 
 def client_ip() -> str:
@@ -91,6 +94,8 @@ def blueprint(db: Database, cfg: Config, tokens: Tokens, sender: NoticeSender) -
 
     @bp.get("/preferences/<token>")
     def preferences(token: str) -> str:
+        if token == PREVIEW_TOKEN:
+            return render_template("web_error.html", code=200, message=PREVIEW_MESSAGE)
         return preferences_page(token, by_preferences_token(db, tokens, token), saved=False)
 
     @bp.post("/preferences/<token>")
