@@ -351,3 +351,14 @@ def test_with_welcome_latest_a_confirmed_reader_is_mailed_the_latest_issue(
         server.post(path, b"", FORM)
         time.sleep(0.5)
         assert len(smtp_server.received) == 3
+
+
+def test_the_unsubscribe_page_links_to_the_readers_preferences(site) -> None:
+    server, db = site
+    SubscriberStore(db).add("ada@example.com")
+    sub = reader(db)
+    tokens = Tokens(load_secret(server.cfg.var_dir))
+    page = server.get(f"/unsubscribe/{tokens.make(sub.id, sub.token_nonce)}")
+    [link] = page.doc().xpath("//a[contains(@href, '/preferences/')]/@href")
+    assert link == preferences_path(server, db)
+    assert server.get(link).status == 200

@@ -79,7 +79,10 @@ def blueprint(db: Database, cfg: Config, subscriptions: Subscriptions) -> Bluepr
         if token == PREVIEW_TOKEN:
             return render_template("web_unsubscribe.html", preview=True, token=token, done=False)
         sub = subscriptions.claim(token)
-        return render_template("web_unsubscribe.html", preview=False, sub=sub, token=token, done=False)
+        preferences = subscriptions.tokens.preferences(sub.id, sub.token_nonce)
+        return render_template(
+            "web_unsubscribe.html", preview=False, sub=sub, token=token, done=False, preferences=preferences
+        )
 
     @bp.post("/unsubscribe/<token>")
     def unsubscribe(token: str) -> str:
