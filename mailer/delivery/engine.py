@@ -82,8 +82,9 @@ log = logging.getLogger("mailer.delivery")
 # Rows claimed at a time, per connection: enough that claiming costs little, few enough
 # that runs joining a digest find rows left to share.
 CLAIM_PER_CONNECTION = 50
-# Fewer than this many left, per connection: this many more are claimed ahead. A small
-# top-up, not a whole batch, so a run joining later still finds rows to share.
+# Fewer than this many left, per connection: more are claimed ahead, a whole batch while
+# the run is alone on the digest (each claim costs a few ms of write lock), this many with
+# other runs on it, so they keep finding rows to share.
 REFILL_PER_CONNECTION = 10
 # Digests being delivered by this process: one run per digest and process is enough (it
 # has smtp.connections workers), so a second thread of the process stays out.
@@ -142,6 +143,7 @@ class Deliverer:
         self.quota_reset: float | None = None
         # Loaded and checked once: a bad key refuses the run before anything is sent.
         self.signer = DkimSigner.from_config(cfg)
+        self.alone = True  # the only run on the digest (see _share)
         # SQLite takes one writer at a time: the workers queue on a lock in the process
         # rather than in SQLite's busy-wait (which sleeps in whole milliseconds).
         self.serial_writes = db.engine.dialect.name == "sqlite"
@@ -172,7 +174,7 @@ class Deliverer:
                 summary.stopped = d.last_error
                 return summary, None
             queue.join(s, digest_id, self.owner, now, self.lease)
-            self.limiter.share(len(queue.runs(s, digest_id, now)))
+            self._share(len(queue.runs(s, digest_id, now)))
             if now - (d.retried_at or d.created_at) > digests.give_up_age(self.cfg):
                 queue.give_up(s, digest_id, self.cfg.delivery.give_up_hours, now)
             editions = s.scalars(select(DigestEdition).where(DigestEdition.digest_id == d.id)).all()
@@ -235,12 +237,18 @@ class Deliverer:
         if shared.error is not None:
             raise shared.error
 
+    def _share(self, runs: int) -> None:
+        """`runs` runs deliver this digest now: the relay's per-second limit is split
+        between them, and a run with company tops up its jobs a little at a time."""
+        self.limiter.share(runs)
+        self.alone = runs <= 1
+
     def _heartbeat(self, digest_id: int) -> None:
         with self.db.session() as s:
             if not queue.heartbeat(s, self.owner, utcnow(), self.lease):
                 raise queue.LostRun()
             # The relay's per-second limit is shared by every run on the digest.
-            self.limiter.share(len(queue.runs(s, digest_id, utcnow())))
+            self._share(len(queue.runs(s, digest_id, utcnow())))
 
     def _work(self, template: Editions, shared: Shared, halt: threading.Event, summary: RunSummary) -> None:
         smtp = SmtpConnection(self.cfg.smtp)
@@ -380,7 +388,9 @@ class Deliverer:
             low = len(shared.jobs) < self.cfg.smtp.connections * REFILL_PER_CONNECTION
             if low and shared.more and shared.write_lock.acquire(blocking=False):
                 try:
-                    self._refill(shared, summary, REFILL_PER_CONNECTION)
+                    self._refill(
+                        shared, summary, CLAIM_PER_CONNECTION if self.alone else REFILL_PER_CONNECTION
+                    )
                 finally:
                     shared.write_lock.release()
             return job
@@ -417,6 +427,8 @@ class Deliverer:
             claimed, skipped, elsewhere = queue.claim(
                 s, summary.digest_id, self.owner, now, self.lease, limit
             )
+            # Noticed at every claim, not only at a heartbeat: a run that joined since.
+            self.alone = elsewhere == 0 and len(queue.runs(s, summary.digest_id, now)) <= 1
         summary.skipped += skipped
         jobs = [
             Job(
@@ -456,20 +468,27 @@ class Deliverer:
             delays = self.cfg.delivery.retry_minutes
             retry_at = utcnow() + timedelta(minutes=delays[min(job.attempts, len(delays)) - 1])
         then = (following.recipient.subscriber_id, following.delivery_id) if following else None
-        with shared.write_lock if self.serial_writes else contextlib.nullcontext():
+        with self._writing(shared):
             active = conn.record(
                 job.delivery_id, self.owner, _STATUS_OF[outcome], result.reply, retry_at, then
             )
-        with shared.write_lock:
-            self._count(job, result, summary)
+        with shared.counts_lock:
+            self._count(result, summary)
+        if outcome is Outcome.PERMANENT:
+            with self._writing(shared):
+                self._bounce(job.recipient.subscriber_id)
         return active
+
+    def _writing(self, shared: Shared) -> contextlib.AbstractContextManager[Any]:
+        """Around a database write of a worker: SQLite's one writer at a time."""
+        return shared.write_lock if self.serial_writes else contextlib.nullcontext()
 
     def _observe(self, result: Result, summary: RunSummary, halt: threading.Event, shared: Shared) -> None:
         """What a reply says about the relay, as soon as it comes (not when it is recorded,
         a message later): a FATAL one, or `max_consecutive_errors` failures in a row across
         the connections, halt the run."""
         outcome = result.outcome
-        with shared.write_lock:
+        with shared.counts_lock:
             if outcome is Outcome.SENT:
                 shared.consecutive = 0
             elif outcome in (Outcome.TEMPORARY, Outcome.PERMANENT):
@@ -484,7 +503,7 @@ class Deliverer:
                 )
                 halt.set()
 
-    def _count(self, job: Job, result: Result, summary: RunSummary) -> None:
+    def _count(self, result: Result, summary: RunSummary) -> None:
         """The run's counts, once a result is recorded (so a failed write leaves them true)."""
         outcome = result.outcome
         if outcome is Outcome.SENT:
@@ -495,7 +514,6 @@ class Deliverer:
             summary.retry += 1
         elif outcome is Outcome.PERMANENT:
             summary.failed += 1
-            self._bounce(job.recipient.subscriber_id)
         if self.on_progress:
             self.on_progress(summary, 1)
 

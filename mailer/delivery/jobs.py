@@ -55,6 +55,8 @@ class Shared:
         # Taking a job must not wait behind another worker's write (SQLite's records hold
         # write_lock): the jobs have a lock of their own, taken inside write_lock if both.
         self.jobs_lock = threading.Lock()
+        # The run's counts (RunSummary, consecutive failures) and the progress callback.
+        self.counts_lock = threading.Lock()
         self.jobs: collections.deque[Job] = collections.deque()
         self.more = True
         self.consecutive = 0  # failures in a row, across connections
