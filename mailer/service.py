@@ -32,7 +32,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -276,7 +276,7 @@ class Service:
         new schedule makes due (as the start-up tick does), not a minute later."""
         if self.scheduler.running:
             self.scheduler.reschedule_job("digest", trigger=schedule.trigger)
-            self.scheduler.add_job(self.tick, name="reload")
+            self.scheduler.modify_job("resume", next_run_time=datetime.now(schedule.zone))
         nxt = schedule.next_slots(utcnow(), 1)
         when = f"{nxt[0].local(schedule.timezone):%a %Y-%m-%d %H:%M %Z}" if nxt else "never"
         log.info("schedule now %r in %s: next digest %s", schedule.cron, schedule.timezone, when)
@@ -311,6 +311,9 @@ class Service:
             max_instances=1,
             misfire_grace_time=None,
         )
+        # Its first run, right away, is the start-up tick: it sends a slot missed while we
+        # were down (within the grace period). Not a one-shot job: APScheduler's loop
+        # removing a finished one-shot job races its shutdown (JobLookupError traceback).
         self.scheduler.add_job(
             self.tick,
             "interval",
@@ -318,9 +321,8 @@ class Service:
             id="resume",
             coalesce=True,
             max_instances=1,
+            next_run_time=datetime.now(cfg.zone),
         )
-        # Start-up tick: sends a slot missed while we were down (within the grace period).
-        self.scheduler.add_job(self.tick, name="startup")
         self.scheduler.start()
         if self.watcher is not None:
             self.watcher.start()
