@@ -404,6 +404,7 @@ def _banner_pages(cfg: Config, port: int) -> list[str]:
         return [
             "editor pages: off until MAILER_WEB_PASSWORD is set (only the public pages are served)",
             f"public pages: {base}/healthz, /articles/<id>, /unsubscribe/<token>",
+            f"sign-up:      {base}/subscribe",
         ]
     note = "  (HTTP Basic, the web password)" if mode == "password" else ""
     lines = [
@@ -413,6 +414,7 @@ def _banner_pages(cfg: Config, port: int) -> list[str]:
     ]
     if cfg.catcher.enabled:
         lines.append(f"caught mail:  {base}/mail  (SMTP on {cfg.catcher.host}:{cfg.catcher.port})")
+    lines.append(f"sign-up:      {base}/subscribe")
     return lines
 
 
