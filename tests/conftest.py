@@ -3,6 +3,7 @@ throw-away PostgreSQL database: see tests/databases.py), a real SMTP server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -43,10 +44,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         databases.drop_template()
 
 
-@pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mailer.db'}"
+@contextlib.contextmanager
+def throwaway_database(kind: str, folder: Path) -> Iterator[str]:
+    """An SQLite file in `folder`, or a throw-away PostgreSQL database dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'mailer.db'}"
         return
     reason = databases.unreachable()
     if reason:
@@ -58,6 +60,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield databases.url_of(name)
     finally:
         databases.drop(name)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with throwaway_database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

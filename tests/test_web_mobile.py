@@ -38,8 +38,7 @@ from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.models import utcnow
 from mailer.subscribers import SubscriberStore
-from tests import databases
-from tests.conftest import SEEDS
+from tests.conftest import SEEDS, throwaway_database
 from tests.smtp_server import SmtpServer, free_port
 from tests.web_server import WebServer, unsubscribe_paths, write_test_config
 
@@ -182,24 +181,6 @@ NOT_PAGES = {"public.favicon", "archive.feed"}
 # ---------------------------------------------------------------- the site
 
 
-@contextlib.contextmanager
-def database(kind: str, folder: Path) -> Iterator[str]:
-    """An SQLite file, or a throw-away PostgreSQL database (as the `database_url` fixture)."""
-    if kind == "sqlite":
-        yield f"sqlite:///{folder / 'mailer.db'}"
-        return
-    reason = databases.unreachable()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI must test PostgreSQL: see README, Development)")
-        pytest.skip(reason)
-    name = databases.create()
-    try:
-        yield databases.url_of(name)
-    finally:
-        databases.drop(name)
-
-
 def wait_for_mail(smtp: SmtpServer, address: str) -> str:
     deadline = time.monotonic() + 10
     while not smtp.handler.to(address):
@@ -216,7 +197,7 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         for key in list(os.environ):  # as conftest's _clean_env, which is per test
             if key.upper().startswith("MAILER_"):
                 mp.delenv(key)
-        url = stack.enter_context(database(request.param, folder))
+        url = stack.enter_context(throwaway_database(request.param, folder))
         smtp = SmtpServer().start()
         stack.callback(smtp.stop)
         path = write_test_config(
