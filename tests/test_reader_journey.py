@@ -17,14 +17,10 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from mailer import campaign
-from mailer.articles import ArticleStore
 from mailer.catcher import MailCatcher
-from mailer.config import load_config
-from mailer.db import Database
 from mailer.models import Subscriber, utcnow
-from tests.conftest import SEEDS
 from tests.smtp_server import free_port
-from tests.web_server import WebServer, write_test_config
+from tests.web_server import running_site
 
 
 @pytest.fixture
@@ -54,52 +50,46 @@ def test_sign_up_confirm_choose_two_themes_get_only_them_then_unsubscribe(
     port = free_port()
     catcher = MailCatcher("127.0.0.1", port, inbox)
     catcher.start()
-    config = write_test_config(tmp_path, port, database_url=database_url)
-    cfg = load_config(str(config))
-    db = Database(cfg.database_url)
-    db.migrate()
-    ArticleStore(db, cfg).import_paths([str(SEEDS)])
-    server = WebServer(db, cfg).start()
     try:
-        names = {t.slug: t.name for t in cfg.themes}
-        page.goto(f"{server.base}/subscribe")
-        page.get_by_label("Email address").fill("ada@example.com")
-        page.get_by_label("Name").fill("Ada")
-        page.get_by_role("button", name="Subscribe").click()
-        expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+        with running_site(tmp_path, port, database_url) as (server, db):
+            cfg = server.cfg
+            names = {t.slug: t.name for t in cfg.themes}
+            page.goto(f"{server.base}/subscribe")
+            page.get_by_label("Email address").fill("ada@example.com")
+            page.get_by_label("Name").fill("Ada")
+            page.get_by_role("button", name="Subscribe").click()
+            expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
 
-        [confirmation] = caught(inbox, 1)
-        link = re.search(r"https?://\S+/confirm/\S+", confirmation.get_content()).group(0)
-        page.goto(server.base + path_of(link))
-        page.get_by_role("button", name="Confirm").click()
-        expect(page.get_by_role("heading", name="You are confirmed")).to_be_visible()
+            [confirmation] = caught(inbox, 1)
+            link = re.search(r"https?://\S+/confirm/\S+", confirmation.get_content()).group(0)
+            page.goto(server.base + path_of(link))
+            page.get_by_role("button", name="Confirm").click()
+            expect(page.get_by_role("heading", name="You are confirmed")).to_be_visible()
 
-        page.get_by_role("link", name="Choose your themes").click()
-        page.get_by_label(names["ai"]).check()
-        page.get_by_label(names["policy"]).check()
-        page.get_by_role("button", name="Save").click()
-        expect(page.get_by_role("status")).to_contain_text("Saved")
+            page.get_by_role("link", name="Choose your themes").click()
+            page.get_by_label(names["ai"]).check()
+            page.get_by_label(names["policy"]).check()
+            page.get_by_role("button", name="Save").click()
+            expect(page.get_by_role("status")).to_contain_text("Saved")
 
-        campaign.send_now(db, cfg, utcnow())
-        issue = caught(inbox, 2)[1]
-        text = issue.get_body(("plain",)).get_content()
-        contents = text.replace("\r\n", "\n").split("In this issue:\n", 1)[1].split("\n\n", 1)[0]
-        sections = [re.sub(r" \(\d+\)$", "", line.removeprefix("- ")) for line in contents.splitlines()]
-        assert sections == [n for n in sections if n in (names["ai"], names["policy"])] and sections
+            campaign.send_now(db, cfg, utcnow())
+            issue = caught(inbox, 2)[1]
+            text = issue.get_body(("plain",)).get_content()
+            contents = text.replace("\r\n", "\n").split("In this issue:\n", 1)[1].split("\n\n", 1)[0]
+            sections = [re.sub(r" \(\d+\)$", "", line.removeprefix("- ")) for line in contents.splitlines()]
+            assert sections == [n for n in sections if n in (names["ai"], names["policy"])] and sections
 
-        # The issue links to the reader's own preferences page, which shows their choice.
-        preferences = re.search(r"Your preferences: (\S+)", text).group(1)
-        page.goto(server.base + path_of(preferences))
-        expect(page.get_by_label(names["ai"])).to_be_checked()
-        expect(page.get_by_label(names["policy"])).to_be_checked()
+            # The issue links to the reader's own preferences page, which shows their choice.
+            preferences = re.search(r"Your preferences: (\S+)", text).group(1)
+            page.goto(server.base + path_of(preferences))
+            expect(page.get_by_label(names["ai"])).to_be_checked()
+            expect(page.get_by_label(names["policy"])).to_be_checked()
 
-        unsubscribe = issue["List-Unsubscribe"].strip("<>")
-        page.goto(server.base + path_of(unsubscribe))
-        page.get_by_role("button", name="Unsubscribe").click()
-        expect(page.get_by_role("heading", name="You are unsubscribed")).to_be_visible()
-        with db.reader() as s:
-            assert s.scalar(select(Subscriber.status)) == "unsubscribed"
+            unsubscribe = issue["List-Unsubscribe"].strip("<>")
+            page.goto(server.base + path_of(unsubscribe))
+            page.get_by_role("button", name="Unsubscribe").click()
+            expect(page.get_by_role("heading", name="You are unsubscribed")).to_be_visible()
+            with db.reader() as s:
+                assert s.scalar(select(Subscriber.status)) == "unsubscribed"
     finally:
-        server.close()
         catcher.stop()
-        db.dispose()

@@ -3,7 +3,6 @@ confirmation mail received by a real SMTP server, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
@@ -19,41 +18,20 @@ from sqlalchemy import select
 from mailer import delivery, signup
 from mailer import digest as digests
 from mailer.cli import cli
-from mailer.config import load_config
 from mailer.db import Database
 from mailer.models import Delivery, Notice, Subscriber, utcnow
 from mailer.subscribers import SubscriberStore
 from mailer.tokens import Tokens, load_secret
-from tests.conftest import SEEDS
 from tests.smtp_server import SmtpServer
-from tests.web_server import FORM, WebServer, write_test_config
+from tests.web_server import FORM, WebServer, running_site
 
+LIMITS = {"per_ip_per_hour": 3}
 CONFIRM_LINK = re.compile(r"http://127\.0\.0\.1:8080(/confirm/\S+)")
-
-
-@contextlib.contextmanager
-def running_site(tmp_path, smtp_server, database_url, **sections) -> Iterator[tuple[WebServer, Database]]:
-    from mailer.articles import ArticleStore
-
-    signup_limits = {"per_ip_per_hour": 3}
-    config = write_test_config(
-        tmp_path, smtp_server.port, database_url=database_url, signup=signup_limits, **sections
-    )
-    cfg = load_config(str(config))
-    db = Database(cfg.database_url)
-    db.migrate()
-    ArticleStore(db, cfg).import_paths([str(SEEDS)])
-    server = WebServer(db, cfg).start()
-    try:
-        yield server, db
-    finally:
-        server.close()
-        db.dispose()
 
 
 @pytest.fixture
 def site(tmp_path, smtp_server: SmtpServer, database_url: str) -> Iterator[tuple[WebServer, Database]]:
-    with running_site(tmp_path, smtp_server, database_url) as running:
+    with running_site(tmp_path, smtp_server.port, database_url, signup=LIMITS) as running:
         yield running
 
 
@@ -331,7 +309,12 @@ def test_a_reader_who_left_can_subscribe_again_from_preferences_through_a_confir
 def test_with_welcome_latest_a_confirmed_reader_is_mailed_the_latest_issue(
     tmp_path, smtp_server, database_url
 ) -> None:
-    with running_site(tmp_path, smtp_server, database_url, digest={"welcome": "latest"}) as (server, db):
+    with running_site(
+        tmp_path, smtp_server.port, database_url, signup=LIMITS, digest={"welcome": "latest"}
+    ) as (
+        server,
+        db,
+    ):
         SubscriberStore(db).add("zoe@example.com")
         d = digests.build(db, server.cfg, digests.manual_slot(utcnow()))
         delivery.deliver(db, server.cfg, d.id)

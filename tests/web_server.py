@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -176,3 +177,22 @@ def mail_links(db: Database, cfg: Config, smtp_server: SmtpServer, emails: list[
         SubscriberStore(db).add(email)
     campaign.send_now(db, cfg, utcnow())
     return unsubscribe_paths(smtp_server)
+
+
+@contextlib.contextmanager
+def running_site(
+    folder: Path, smtp_port: int, database_url: str, **sections: dict[str, object]
+) -> Iterator[tuple[WebServer, Database]]:
+    """A migrated database with the sample articles, served by a WebServer: closed after."""
+    from mailer.articles import ArticleStore
+
+    cfg = load_config(str(write_test_config(folder, smtp_port, database_url=database_url, **sections)))
+    db = Database(cfg.database_url)
+    db.migrate()
+    ArticleStore(db, cfg).import_paths([str(SEEDS)])
+    server = WebServer(db, cfg).start()
+    try:
+        yield server, db
+    finally:
+        server.close()
+        db.dispose()
