@@ -18,7 +18,9 @@ from aiosmtpd.controller import Controller
 
 from mailer.errors import MailerError, NotFound
 
-_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{32}\.eml$")
+# Microseconds in the name make name order arrival order, also within one second (names
+# from before they were added, with seconds only, still match and sort first in their second).
+_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}(?:[0-9]{6})?-[0-9a-f]{32}\.eml$")
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 
 
@@ -37,7 +39,7 @@ class _Handler:
 def save(folder: Path, data: bytes) -> Path:
     """Write atomically (temp file + rename): the web UI never sees half a message."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex}.eml"
+    name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex}.eml"
     tmp = folder / f".{name}.tmp"
     tmp.write_bytes(data)
     os.replace(tmp, folder / name)

@@ -8,17 +8,18 @@ import re
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from freezegun import freeze_time
 from sqlalchemy import func, select
 
 from mailer import campaign, render
 from mailer import digest as digests
 from mailer.articles import ArticleStore
-from mailer.catcher import MailCatcher, save
+from mailer.catcher import MailCatcher, list_messages, save
 from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.models import Article, Delivery, Digest, Subscriber, utcnow
@@ -427,6 +428,16 @@ def test_mail_pages_show_the_messages_the_catcher_received(
 
     assert_clean_error(web.get("/mail/20990101T000000-" + "0" * 32 + ".eml"), 404)
     assert_clean_error(web.get("/mail/..%2Fconfig.toml"), 404)
+
+
+def test_caught_mail_is_listed_newest_first_also_within_one_second(tmp_path: Path) -> None:
+    subjects = [f"mail {i}" for i in range(20)]
+    with freeze_time("2026-11-26 10:00:00.000001", tick=True):  # all 20 in the same second
+        for subject in subjects:
+            save(tmp_path, f"Subject: {subject}\r\n\r\nhello\r\n".encode())
+
+    assert [m.subject for m in list_messages(tmp_path)] == subjects[::-1]
+    assert {m.received for m in list_messages(tmp_path)} == {datetime(2026, 11, 26, 10, tzinfo=UTC)}
 
 
 def test_mail_pages_are_404_when_the_catcher_is_off(web: WebServer, cfg: Config) -> None:
