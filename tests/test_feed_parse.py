@@ -1,5 +1,6 @@
-"""Parsing feeds: fetched bytes to clean items (mailer.feeds.parse), on hand-written fixtures
-modelled on real feeds (tests/feeds/) and on small inline documents for the rules.
+"""Parsing feeds: fetched bytes to clean items (mailer.feeds.parse, with mailer.feeds.text for
+the HTML), on hand-written fixtures modelled on real feeds (tests/feeds/) and on small inline
+documents for the rules.
 
 No network, no database: parse_feed is given bytes, and these check it never reads anything
 else, whatever the bytes look like.
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from mailer.feeds.parse import Item, ParsedFeed, html_to_paragraphs, parse_feed
+from mailer.feeds.parse import Item, ParsedFeed, parse_feed
+from mailer.feeds.text import html_to_paragraphs
 from mailer.parsing import MAX_TITLE_CHARS, fingerprint
 
 FEEDS = Path(__file__).resolve().parent / "feeds"
@@ -565,7 +567,7 @@ def test_the_richest_text_is_chosen() -> None:
     ]
 
 
-# html_to_paragraphs
+# html_to_paragraphs (mailer.feeds.text)
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,9 @@
 and every failure is one line in `Fetched.error`. What holds, and why:
 
 * No request holds a worker longer than `Limits.total_timeout`, redirects included. httpx
-  has no such timeout (its timeouts are per socket operation, so a server sending a byte
-  every few seconds, of the body or of the headers, is never timed out), so the client's
-  connection pool runs on `_DeadlineBackend`: every connect, TLS handshake, read and write
-  gets at most what is left of the whole request's time, which `fetch` keeps in a context
-  variable (one per thread: the client is shared by the poll's workers). Two waits escape
-  it: name resolution (getaddrinfo cannot be interrupted; the resolver's own timeouts bound
-  it) and a wait for a free connection when all 100 of the pool's are busy (httpx's pool
-  timeout, set to total_timeout, bounds that).
+  has no such timeout (its timeouts are per socket operation), so the client runs on
+  mailer.feeds.deadline's transport: every connect, TLS handshake, read and write gets at
+  most what is left of the whole request's time. That module says what escapes it, and why.
 * No body holds more than `Limits.max_bytes` in memory, counted after decompression. A
   Content-Length over the cap is refused before a byte is read; otherwise reading stops at
   the first byte past it. httpx's own gzip decoder inflates a whole network read at once
@@ -37,21 +32,19 @@ import socket
 import ssl
 import time
 import zlib
-from collections.abc import Iterable, Iterator
-from contextvars import ContextVar
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 
 from mailer.errors import InputError
+from mailer.feeds.deadline import DeadlineTransport, deadline_after
 
 ACCEPT_FEEDS = (
     "application/rss+xml, application/atom+xml, application/rdf+xml, application/xml;q=0.9, "
@@ -127,7 +120,7 @@ def new_client(limits: Limits, *, contact: str | None = None) -> httpx.Client:
         # for something else would route every feed through it; SSL_CERT_FILE would change
         # what is trusted). httpx ignores proxy variables with a transport of our own anyway.
         trust_env=False,
-        transport=_Transport(),
+        transport=DeadlineTransport(),
     )
 
 
@@ -150,37 +143,34 @@ def fetch(
         headers[b"If-Modified-Since"] = last_modified.encode()
     if accept:
         headers[b"Accept"] = accept.encode()
-    deadline = time.monotonic() + limits.total_timeout
-    token = _DEADLINE.set(deadline)
     current = url
-    try:
-        seen = {url}
-        permanent = True
-        for hops in range(limits.max_redirects + 1):
-            with client.stream("GET", current, headers=headers) as response:
-                status = response.status_code
-                if status not in REDIRECTS:
-                    got = _answer(response, limits, etag, last_modified)
-                    if hops and permanent and (got.ok or got.not_modified):
-                        got.moved_to = got.url
-                    return got
-                location = response.headers.get("location", "").strip()
-                here = response.url
-            if not location:
-                return Fetched(current, status, error="redirect without a Location")
-            target = here.join(location)
-            if target.scheme not in ("http", "https") or not target.host:
-                return Fetched(current, status, error=f"redirect to a non-http(s) URL: {location}")
-            current = str(target)
-            if current in seen:
-                return Fetched(current, status, error=f"redirect loop at {current}")
-            seen.add(current)
-            permanent = permanent and status in PERMANENT
-        return Fetched(current, status, error=f"more than {limits.max_redirects} redirects")
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        return Fetched(current, None, error=_describe(exc, current, limits, deadline))
-    finally:
-        _DEADLINE.reset(token)
+    with deadline_after(limits.total_timeout) as deadline:
+        try:
+            seen = {url}
+            permanent = True
+            for hops in range(limits.max_redirects + 1):
+                with client.stream("GET", current, headers=headers) as response:
+                    status = response.status_code
+                    if status not in REDIRECTS:
+                        got = _answer(response, limits, etag, last_modified)
+                        if hops and permanent and (got.ok or got.not_modified):
+                            got.moved_to = got.url
+                        return got
+                    location = response.headers.get("location", "").strip()
+                    here = response.url
+                if not location:
+                    return Fetched(current, status, error="redirect without a Location")
+                target = here.join(location)
+                if target.scheme not in ("http", "https") or not target.host:
+                    return Fetched(current, status, error=f"redirect to a non-http(s) URL: {location}")
+                current = str(target)
+                if current in seen:
+                    return Fetched(current, status, error=f"redirect loop at {current}")
+                seen.add(current)
+                permanent = permanent and status in PERMANENT
+            return Fetched(current, status, error=f"more than {limits.max_redirects} redirects")
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            return Fetched(current, None, error=_describe(exc, current, limits, deadline))
 
 
 def _answer(response: httpx.Response, limits: Limits, etag: str | None, last_modified: str | None) -> Fetched:
@@ -370,84 +360,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
-
-
-# The end of the current thread's fetch (time.monotonic()), for _DeadlineBackend.
-_DEADLINE: ContextVar[float | None] = ContextVar("feed_fetch_deadline", default=None)
-
-
-def _bounded(timeout: float | None, timed_out: type[Exception]) -> float | None:
-    """`timeout`, or what is left of the current fetch's time when that is less."""
-    deadline = _DEADLINE.get()
-    if deadline is None:
-        return timeout
-    left = deadline - time.monotonic()
-    if left <= 0:  # not a 0 timeout: for a socket, that means non-blocking
-        raise timed_out("the whole request's time is up")
-    return left if timeout is None else min(timeout, left)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        bounded = _bounded(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, bounded))
-
-    def get_extra_info(self, info: str) -> object:
-        return self._stream.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's own sockets, each operation bounded by the current fetch's deadline."""
-
-    def __init__(self) -> None:
-        self._backend = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        bounded = _bounded(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._backend.connect_tcp(host, port, bounded, local_address, socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
-class _Transport(httpx.HTTPTransport):
-    """httpx's transport (TLS verified, httpx's pool sizes) on a pool of deadline-bound sockets.
-
-    httpx offers no way to give its pool a network backend, so the pool it built is replaced
-    by the same one with ours (nothing has been opened yet)."""
-
-    def __init__(self) -> None:
-        tls = httpx.create_ssl_context(trust_env=False)  # loads certifi's CAs: about 50 ms, so once
-        super().__init__(verify=tls, trust_env=False)
-        defaults = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=tls,
-            max_connections=defaults.max_connections,
-            max_keepalive_connections=defaults.max_keepalive_connections,
-            keepalive_expiry=defaults.keepalive_expiry,
-            network_backend=_DeadlineBackend(),
-        )
 
 
 def check_feed_url(url: str) -> str:
