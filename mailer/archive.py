@@ -75,6 +75,7 @@ def sent_issues(db: Database, cfg: Config, limit: int | None = None) -> list[Iss
                 Article.url,
                 Article.theme,
                 Article.pinned_at,
+                Article.published_at,
                 Article.imported_at,
             ).where(Article.digest_id.in_([d.id for d in digests]))
         ).all()

@@ -36,7 +36,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mailer.config import Config
@@ -281,7 +281,7 @@ class ArticleStore:
         try:
             with self.db.session() as s:
                 for item in parsed.articles:
-                    if self._insert(s, item, source=item.source_note or path.name) is None:
+                    if self.insert(s, item, source=item.source_note or path.name) is None:
                         duplicates += 1
                     else:
                         added += 1
@@ -293,7 +293,7 @@ class ArticleStore:
         report.added, report.duplicates = added, duplicates
         return report
 
-    def _insert(
+    def insert(
         self,
         s: Session,
         item: ParsedArticle,
@@ -301,9 +301,16 @@ class ArticleStore:
         url: str | None = None,
         theme: str | None = None,
         published_at: datetime | None = None,
+        author: str = "",
+        fingerprint_of: str | None = None,
     ) -> Article | None:
-        """Insert unless an article with the same normalised body exists (then None)."""
-        fp = fingerprint(item.body)
+        """Insert unless an article with the same normalised body exists (then None), from
+        any source: a file, `articles add` or a feed, so a story is stored once however
+        many ways it arrives. A concurrent insert of the same body (another process's
+        import) fails the unique fingerprint inside a savepoint and counts as a duplicate.
+        `fingerprint_of` stands in for a body too short to tell stories apart (a feed item
+        with a title and a link only)."""
+        fp = fingerprint(item.body if fingerprint_of is None else fingerprint_of)
         if s.scalar(select(Article.id).where(Article.fingerprint == fp)) is not None:
             return None
         article = Article(
@@ -315,9 +322,14 @@ class ArticleStore:
             imported_at=utcnow(),
             theme=theme or self.themes.classify(item.title, item.body),
             fingerprint=fp,
+            author=author,
         )
-        s.add(article)
-        s.flush()
+        try:
+            with s.begin_nested():
+                s.add(article)
+                s.flush()
+        except IntegrityError:
+            return None
         return article
 
     def add(
@@ -336,7 +348,7 @@ class ArticleStore:
             self._check_theme(theme)
         item = ParsedArticle(title, paragraphs)
         with self.db.session() as s:
-            article = self._insert(s, item, "cli", check_url(url), theme, published_at)
+            article = self.insert(s, item, "cli", check_url(url), theme, published_at)
             if article is None:
                 existing = s.scalar(select(Article.id).where(Article.fingerprint == fingerprint(item.body)))
                 raise InputError(f"duplicate: the same text is already article #{existing}")

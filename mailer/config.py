@@ -35,6 +35,7 @@ from mailer.settings import (
     DeliveryConfig,
     DigestConfig,
     DkimConfig,
+    FeedsConfig,
     ScheduleConfig,
     Settings,
     SignupConfig,
@@ -103,6 +104,10 @@ class Config:
     @property
     def dkim(self) -> DkimConfig:
         return self.settings.dkim
+
+    @property
+    def feeds(self) -> FeedsConfig:
+        return self.settings.feeds
 
     @property
     def themes(self) -> list[ThemeConfig]:

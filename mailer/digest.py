@@ -65,7 +65,7 @@ NO_ARTICLE_IN_THEMES = "no article in the reader's themes this time"
 
 def _unsent(s: Session, limit: int, themes: Themes) -> list[Article]:
     """The articles the next digest holds: of the unsent ones not held, the pinned first,
-    then the oldest, `limit` in all; in digest order.
+    then the oldest (published, else first seen), `limit` in all; in digest order.
 
     The database picks them (ORDER BY ... LIMIT), so only those rows are ever loaded, however
     many are waiting; the rest wait for next week."""
@@ -75,7 +75,7 @@ def _unsent(s: Session, limit: int, themes: Themes) -> list[Article]:
         .order_by(
             case((Article.pinned_at.is_(None), 1), else_=0),
             Article.pinned_at,
-            Article.imported_at,
+            func.coalesce(Article.published_at, Article.imported_at),
             Article.id,
         )
         .limit(limit)

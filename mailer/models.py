@@ -47,6 +47,16 @@ class DigestStatus(StrEnum):
     FAILED = "failed"  # it reached nobody
 
 
+class FeedStatus(StrEnum):
+    ACTIVE = "active"
+    GONE = "gone"  # the server answered 410 Gone: never polled again until added again
+
+
+class FeedOrigin(StrEnum):
+    CONFIG = "config"  # [[feeds.sources]] in config.toml: the file is the truth for it
+    CLI = "cli"  # `mailer feeds add`
+
+
 class DeliveryStatus(StrEnum):
     QUEUED = "queued"
     SENDING = "sending"
@@ -116,6 +126,8 @@ class Article(Base):
     pinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     held_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     summary: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # The byline a feed gave ("" for files and `articles add`).
+    author: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
     digest: Mapped[Digest | None] = relationship(back_populates="articles")
 
@@ -340,3 +352,69 @@ class SharedSetting(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(500))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Feed(Base):
+    """An RSS or Atom source (mailer.feeds). `listed_url` is the URL as the editor listed it
+    (config.toml or `feeds add`), the key a config entry is matched by; `url` is where it is
+    polled, moved by a permanent redirect. Polling state is per feed, so one feed's trouble
+    never touches another's."""
+
+    __tablename__ = "feeds"
+    __table_args__ = (
+        status_check(FeedStatus),
+        CheckConstraint(
+            "origin IN ({})".format(", ".join(f"'{o.value}'" for o in FeedOrigin)), name="origin"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    listed_url: Mapped[str] = mapped_column(String(2000), unique=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    # "" until the first poll names it after the feed's own title.
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # A theme slug for every item, or None: each item classified by keywords like a file's.
+    theme: Mapped[str | None] = mapped_column(String(64))
+    fetch_full_text: Mapped[bool] = mapped_column(default=False)
+    origin: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=FeedStatus.ACTIVE)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The validators of the last 200, sent back as If-None-Match / If-Modified-Since.
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    # Health, as `feeds list` shows it.
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(String(1000), default="")
+    last_notes: Mapped[str] = mapped_column(Text, default="")
+    last_imported: Mapped[int] = mapped_column(Integer, default=0)
+    items_imported: Mapped[int] = mapped_column(Integer, default=0)
+    # Polls in a row that failed: the back-off doubles with each.
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    # When the feed is next due (None once it is gone).
+    next_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # The claim of the poller fetching it now, until then (mailer.feeds.poll): set by a
+    # compare-and-set, so two pollers (the service, `feeds poll`) never fetch one feed at
+    # once, and a poller that died leaves a claim that simply runs out.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    items: Mapped[list[FeedItem]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
+    @property
+    def first_poll(self) -> bool:
+        return self.last_polled_at is None
+
+
+class FeedItem(Base):
+    """Every item a feed has shown, imported or not: the per-feed de-duplication record
+    (an item seen once is never imported again, even after its article is removed)."""
+
+    __tablename__ = "feed_items"
+    __table_args__ = (UniqueConstraint("feed_id", "key_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"))
+    # sha256 of the item's key (guid, else link, else content): guids can be any length.
+    key_hash: Mapped[str] = mapped_column(String(64))
+    article_id: Mapped[int | None] = mapped_column(ForeignKey("articles.id", ondelete="SET NULL"))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

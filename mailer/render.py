@@ -257,5 +257,6 @@ def readable_on(colour: str, background: str, minimum: float = 4.5) -> str:
 
 
 def digest_order(a: Article, themes: Themes) -> tuple[Any, ...]:
-    """Theme order; within a theme the pinned first (in pinning order), then the oldest."""
-    return (themes.order(a.theme), a.pinned_at is None, a.pinned_at or a.imported_at, a.imported_at, a.id)
+    """Theme order; within a theme the pinned first (in pinning order), then the oldest:
+    by publication date, or for an undated article by when it was first seen."""
+    return (themes.order(a.theme), a.pinned_at is None, a.pinned_at or a.published_at or a.imported_at, a.id)

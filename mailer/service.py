@@ -6,34 +6,23 @@ digests and retries). Every decision is taken from the database, so a tick that 
 nothing to do does nothing, and two services against one database cannot send a slot
 twice (see mailer.digest.build and the delivery runs in mailer.delivery.queue).
 
-The configuration is reloaded while the service runs: on SIGHUP, and when the file
-changes (ConfigWatcher polls its size, mtime and inode every CONFIG_POLL seconds and
-reloads only when the content's hash changed, so a touch does nothing and one edit is one
-reload). The Service holds the Config in force in one place, a ConfigInForce, and
+The configuration is reloaded while the service runs (mailer.reload): on SIGHUP, and when
+the file changes. The Service holds the Config in force in one place, a ConfigInForce, and
 everything reads it from there: the web app per request (mailer.web.app.RequestConfig),
-each tick once per run, and a reload re-aims the cron trigger. A reload is a whole
-load_config of the same file, so either every setting of the new file is checked, or
-none is taken: a file that does not load is refused with the one line the CLI would
-print, and the old Config stays in force. What the running process was started with and
-cannot change (RESTART_ONLY: the sockets it listens on, the catcher's folder, the database
-it holds open) keeps its old value, and the log says it needs a restart.
+each tick once per run, and a reload re-aims the cron trigger.
 
-About 410 lines: the process (start, banner, shutdown) and the config reload it owns share
-the Service's state; the reload is a third of it and would be the piece to move next.
+Feeds are polled by their own job on their own thread (mailer.feeds.poll), every
+FEEDS_EVERY, so a slow feed never delays a digest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import resource
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -47,13 +36,17 @@ from mailer.catcher import MailCatcher
 from mailer.config import Config, ConfigInForce, load_config
 from mailer.db import Database
 from mailer.errors import MailerError, database_problem, is_dbapi_error
+from mailer.feeds import poll as feed_poll
 from mailer.models import utcnow
+from mailer.reload import ConfigWatcher, reloaded
 from mailer.scheduler import Schedule
 from mailer.web.access import editor_mode
 from mailer.web.app import close_app, create_app
 
 log = logging.getLogger("mailer.service")
 RESUME_EVERY = timedelta(minutes=1)
+# How often the service looks for feeds that are due (each feed's interval is its own).
+FEEDS_EVERY = timedelta(minutes=1)
 
 # Waitress settings for the web server (tests/web_server.py serves the test app with these).
 # Idle sockets must not lock readers out: waitress stops accepting at connection_limit, so
@@ -75,122 +68,6 @@ WEB_SERVER: dict[str, Any] = {
 }
 # Descriptors for the connections plus the database, the SMTP connections and files.
 OPEN_FILES = WEB_SERVER["connection_limit"] + 512
-
-CONFIG_POLL = 2.0  # seconds between two looks at the config file
-CONFIG_SETTLE = 0.2  # a file still changing after this is looked at again at the next poll
-# Settings fixed when the service started: the sockets it listens on, where the catcher it
-# started writes, the database it holds open. A reload keeps their old values.
-RESTART_ONLY: dict[str, tuple[str, ...]] = {
-    "web": ("host", "port"),
-    "catcher": ("enabled", "host", "port", "folder"),
-    "database": ("url",),
-}
-# Shown in the log by name only: they may hold a secret.
-SECRET_KEYS = frozenset({"smtp.password", "web.password", "database.url"})
-
-
-@dataclass(frozen=True)
-class Reloaded:
-    """What a reload puts in force, and what it says about it."""
-
-    cfg: Config
-    changed: list[str]  # the settings that now have a new value ("themes", "schedule.cron")
-    need_restart: list[str]  # "web.port (8080 -> 9090)": still the old value
-
-
-def _flat(cfg: Config) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for section, value in cfg.settings.model_dump().items():
-        if isinstance(value, dict):
-            out.update({f"{section}.{key}": v for key, v in value.items()})
-        else:
-            out[section] = value
-    return out
-
-
-def reloaded(old: Config, new: Config) -> Reloaded:
-    """`new` with the RESTART_ONLY settings of `old`, and what changed."""
-    settings = new.settings
-    need_restart = []
-    for section, keys in RESTART_ONLY.items():
-        was, wants = getattr(old.settings, section), getattr(new.settings, section)
-        kept = {key: getattr(was, key) for key in keys if getattr(was, key) != getattr(wants, key)}
-        for key in kept:
-            name = f"{section}.{key}"
-            values = "" if name in SECRET_KEYS else f" ({getattr(was, key)!r} -> {getattr(wants, key)!r})"
-            need_restart.append(name + values)
-        if kept:
-            settings = settings.model_copy(update={section: wants.model_copy(update=kept)})
-    cfg = Config(settings, new.path)
-    before, after = _flat(old), _flat(cfg)
-    changed = [key for key in after if before.get(key) != after[key]]
-    return Reloaded(cfg, changed, need_restart)
-
-
-def _fingerprint(path: Path) -> tuple[int, int, int] | None:
-    """Cheap to compare (no read): inode, size and mtime; None while the file is missing."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _digest_of(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-class ConfigWatcher:
-    """Calls `reload(reason)` on request (SIGHUP) and when the config file's content
-    changes. One thread, so reloads never overlap; it ends when `stop` is set."""
-
-    def __init__(self, path: Path, reload: Callable[[str], None], stop: threading.Event) -> None:
-        self.path = path
-        self.reload = reload
-        self.stop = stop
-        self.asked = threading.Event()
-        self.seen = _fingerprint(path)
-        self.content = _digest_of(path)
-        self.thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
-
-    def start(self) -> ConfigWatcher:
-        self.thread.start()
-        return self
-
-    def ask(self) -> None:
-        """Reload now (safe from a signal handler: it only sets an event)."""
-        self.asked.set()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            asked = self.asked.wait(CONFIG_POLL)
-            if self.stop.is_set():
-                return
-            self.asked.clear()
-            try:
-                self._look("on SIGHUP" if asked else None)
-            except Exception:  # the watcher must outlive any surprise; the old config stays
-                log.exception("config %s not reloaded; keeping the one in force", self.path)
-
-    def _look(self, asked: str | None) -> None:
-        """Reload when asked, or when the content changed since the last look."""
-        now = _fingerprint(self.path)
-        if asked is None:
-            if now == self.seen:
-                return
-            # An editor may be half-way through writing it: only a file that stays still.
-            self.stop.wait(CONFIG_SETTLE)
-            if _fingerprint(self.path) != now:
-                return
-        self.seen = now
-        content = _digest_of(self.path)
-        if asked is None and content == self.content:
-            return  # touched, not changed
-        self.content = content
-        self.reload(asked or "the file changed")
 
 
 def web_server(app: Any, host: str, port: int) -> Any:
@@ -214,36 +91,51 @@ class Service:
         self.web_thread: threading.Thread | None = None
         # Created now, so a SIGHUP that arrives while the service starts is not lost.
         self.watcher = ConfigWatcher(cfg.path, self.reload, self.stop) if cfg.path is not None else None
+        # Feeds poll on their own thread: a slow poll never delays a digest's tick.
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(1)},
+            executors={"default": ThreadPoolExecutor(1), "feeds": ThreadPoolExecutor(1)},
             timezone=cfg.zone,
         )
 
     def tick(self) -> None:
         if self.stop.is_set() or not self._lock.acquire(blocking=False):
             return
-        cfg = self.config.current  # this run's config, whatever a reload does meanwhile
         try:
-            # The service logs progress lines (never a progress bar, even on a terminal).
-            # Sign-ups never confirmed within signup.confirm_days are forgotten.
-            signup.purge(self.db, cfg, utcnow())
-            with progress.reporter(self.db, tty=False) as on_progress:
-                for summary in campaign.run_due(self.db, cfg, utcnow(), self.stop, on_progress):
-                    if summary.sent or summary.retry or summary.failed or summary.finished:
-                        log.info("%s", progress.summary_line(summary))
-                    if summary.stopped and not summary.waiting:
-                        log.error("digest #%s: %s", summary.issue, summary.stopped)
+            self._guarded(self._send_due)
+        finally:
+            self._lock.release()
+
+    def _send_due(self) -> None:
+        cfg = self.config.current  # this run's config, whatever a reload does meanwhile
+        # The service logs progress lines (never a progress bar, even on a terminal).
+        # Sign-ups never confirmed within signup.confirm_days are forgotten.
+        signup.purge(self.db, cfg, utcnow())
+        with progress.reporter(self.db, tty=False) as on_progress:
+            for summary in campaign.run_due(self.db, cfg, utcnow(), self.stop, on_progress):
+                if summary.sent or summary.retry or summary.failed or summary.finished:
+                    log.info("%s", progress.summary_line(summary))
+                if summary.stopped and not summary.waiting:
+                    log.error("digest #%s: %s", summary.issue, summary.stopped)
+
+    def poll_feeds(self) -> None:
+        """The feeds that are due (each feed's own schedule is in the database); every
+        feed's problem is logged by the poll and kept in its row."""
+        if not self.stop.is_set():
+            self._guarded(lambda: feed_poll.poll(self.db, self.config.current, due_only=True))
+
+    def _guarded(self, run: Callable[[], object]) -> None:
+        """A scheduled job's errors are log lines, and the job runs again next minute."""
+        try:
+            run()
         except MailerError as exc:
             log.error("%s", exc)
         except Exception as exc:
             if isinstance(exc, SQLAlchemyError) or is_dbapi_error(exc):
-                # The database is down or restarting: one line, and the next tick (every
+                # The database is down or restarting: one line, and the next run (every
                 # minute) tries again; the pool reconnects once it is back.
                 log.error("%s; retried at the next tick", database_problem(exc, self.db.url))
             else:
                 log.exception("scheduled run failed; it is retried at the next tick")
-        finally:
-            self._lock.release()
 
     def reload(self, reason: str = "on request") -> bool:
         """Load the config file again and put it in force; False (and the old one stays)
@@ -319,6 +211,16 @@ class Service:
             "interval",
             seconds=RESUME_EVERY.total_seconds(),
             id="resume",
+            coalesce=True,
+            max_instances=1,
+            next_run_time=datetime.now(cfg.zone),
+        )
+        self.scheduler.add_job(
+            self.poll_feeds,
+            "interval",
+            seconds=FEEDS_EVERY.total_seconds(),
+            id="feeds",
+            executor="feeds",
             coalesce=True,
             max_instances=1,
             next_run_time=datetime.now(cfg.zone),

@@ -226,6 +226,54 @@ class ArticlesConfig(_Section):
         return values
 
 
+class FeedSource(_Section):
+    """One `[[feeds.sources]]` entry: what `mailer feeds add` takes, kept in the file."""
+
+    url: str
+    name: str = ""
+    # A theme slug for every item; "" classifies each item by keywords, like a file's.
+    theme: str = ""
+    fetch_full_text: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _pollable(cls, value: str) -> str:
+        from mailer.feeds.fetch import check_feed_url
+
+        try:
+            return check_feed_url(value)
+        except Exception as exc:  # InputError: its one line is the reason
+            raise ValueError(str(exc)) from None
+
+
+class FeedsConfig(_Section):
+    """RSS and Atom sources (mailer.feeds). `[feeds]` holds the settings and
+    `[[feeds.sources]]` the sources: TOML cannot have both a `[feeds]` table and a
+    `[[feeds]]` array, and the settings belong beside their sources."""
+
+    # How often each feed is polled; a feed's own Cache-Control max-age, Retry-After or
+    # <ttl> can only make it longer.
+    interval_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 60
+    # A feed's first poll imports only items newer than this: adding a source never floods
+    # the next issue with its archive.
+    max_age_days: Annotated[int, Field(ge=1, le=3650)] = 7
+    max_megabytes: Annotated[float, Field(gt=0, le=1024)] = 10
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10
+    read_timeout: Annotated[float, Field(gt=0, le=300)] = 30
+    # Feeds fetched at once: one slow feed never delays the others, and a poll stays polite.
+    concurrency: Annotated[int, Field(ge=1, le=32)] = 8
+    sources: list[FeedSource] = Field(default_factory=list)
+
+    @field_validator("sources")
+    @classmethod
+    def _listed_once(cls, sources: list[FeedSource]) -> list[FeedSource]:
+        urls = [s.url for s in sources]
+        dupes = sorted({u for u in urls if urls.count(u) > 1})
+        if dupes:
+            raise ValueError(f"feed {dupes[0]} is listed twice")
+        return sources
+
+
 _DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*")
 
 
@@ -282,6 +330,7 @@ class Settings(BaseSettings):
     signup: SignupConfig = SignupConfig()
     articles: ArticlesConfig = ArticlesConfig()
     dkim: DkimConfig = DkimConfig()
+    feeds: FeedsConfig = FeedsConfig()
     themes: list[ThemeConfig] = Field(
         default_factory=lambda: [ThemeConfig(slug="other", name="More news", fallback=True)]
     )
@@ -310,3 +359,13 @@ class Settings(BaseSettings):
         if len(fallbacks) != 1:
             raise ValueError(f"exactly one theme needs fallback = true (found {len(fallbacks)})")
         return themes
+
+    @model_validator(mode="after")
+    def _feed_themes_exist(self) -> Settings:
+        slugs = {t.slug for t in self.themes}
+        for source in self.feeds.sources:
+            if source.theme and source.theme not in slugs:
+                raise ValueError(
+                    f"feed {source.url}: unknown theme {source.theme!r} (themes: {', '.join(sorted(slugs))})"
+                )
+        return self

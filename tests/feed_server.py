@@ -48,6 +48,9 @@ class Route:
     stream_forever: bool = False  # headers, then the body over and over (chunked) until the client hangs up
     trickle: float = 0.0  # seconds between chunks of a chunked or endless body (a byte each when > 0)
     chunked: bool = False  # Transfer-Encoding: chunked, no Content-Length
+    # Answer only once this is set (at most a minute): a server as slow as the test wants,
+    # with no timing in the test.
+    wait_for: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
             route = Route(status=404, body=b"not found\n", headers={"Content-Type": "text/plain"})
         if route.delay:
             time.sleep(route.delay)
+        if route.wait_for is not None:
+            route.wait_for.wait(60)
         try:
             self._send(route, headers, body)
         except (ConnectionError, TimeoutError, ssl.SSLError):

@@ -349,10 +349,10 @@ def test_a_folder_imports_its_txt_files_recursively_and_ignores_other_files(stor
 
 def test_import_is_atomic_per_file(store, db, tmp_path, monkeypatch) -> None:
     # A crash half-way through one file's insert cannot be produced with real parts, so
-    # _insert is made to fail on the 2nd article of the first file.
+    # insert is made to fail on the 2nd article of the first file.
     first = write(tmp_path / "a.txt", export("A one", "A two", "A three"))
     second = write(tmp_path / "b.txt", export("B one"))
-    real_insert = ArticleStore._insert
+    real_insert = ArticleStore.insert
     calls = []
 
     def failing_insert(self, s, item, *args, **kwargs):
@@ -361,7 +361,7 @@ def test_import_is_atomic_per_file(store, db, tmp_path, monkeypatch) -> None:
             raise OperationalError("INSERT INTO articles", {}, Exception("disk I/O error"))
         return real_insert(self, s, item, *args, **kwargs)
 
-    monkeypatch.setattr(ArticleStore, "_insert", failing_insert)
+    monkeypatch.setattr(ArticleStore, "insert", failing_insert)
     reports = store.import_paths([str(first), str(second)])
     assert calls[:2] == ["A one", "A two"]
     assert reports[0].added == 0 and "disk I/O error" in reports[0].error
@@ -371,7 +371,7 @@ def test_import_is_atomic_per_file(store, db, tmp_path, monkeypatch) -> None:
 
 def test_a_database_failure_mid_file_is_one_error_line_and_exit_1(run_cli, db, tmp_path, monkeypatch) -> None:
     file = write(tmp_path / "a.txt", export("A one", "A two"))
-    real_insert = ArticleStore._insert
+    real_insert = ArticleStore.insert
     calls = []
 
     def failing_insert(self, s, item, *args, **kwargs):
@@ -380,7 +380,7 @@ def test_a_database_failure_mid_file_is_one_error_line_and_exit_1(run_cli, db, t
             raise OperationalError("INSERT INTO articles", {}, Exception("database is locked"))
         return real_insert(self, s, item, *args, **kwargs)
 
-    monkeypatch.setattr(ArticleStore, "_insert", failing_insert)
+    monkeypatch.setattr(ArticleStore, "insert", failing_insert)
     line = one_line_error(run_cli("articles", "import", str(file)))
     assert line.startswith(f"{file}: error: database: database is locked")
     assert stored(db) == []

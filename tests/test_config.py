@@ -156,6 +156,22 @@ BAD_CONFIGS = [
         id="bad-regex",
     ),
     pytest.param("[delivery]\nretry_minutes = []\n", ["delivery.retry_minutes"], id="no-retry-delays"),
+    pytest.param(
+        '[[feeds.sources]]\nurl = "file:///etc/passwd"\n',
+        ["feeds.sources.0.url", "file:///etc/passwd", "only http"],
+        id="feed-local-file",
+    ),
+    pytest.param(
+        '[[feeds.sources]]\nurl = "https://a.example/feed"\ntheme = "nope"\n',
+        ["feed https://a.example/feed: unknown theme 'nope'"],
+        id="feed-unknown-theme",
+    ),
+    pytest.param(
+        '[[feeds.sources]]\nurl = "https://a.example/f"\n[[feeds.sources]]\nurl = "https://a.example/f"\n',
+        ["feeds.sources", "feed https://a.example/f is listed twice"],
+        id="feed-twice",
+    ),
+    pytest.param("[feeds]\ninterval_minutes = 0\n", ["feeds.interval_minutes"], id="feed-interval-zero"),
     pytest.param('[smtp]\nhost = "x\n', ["invalid TOML", "line 2"], id="toml-syntax"),
 ]
 

@@ -3,7 +3,7 @@
 One module per command group; importing them registers their commands on `cli`.
 """
 
-from mailer.cli import articles, digest, schedule, serve, subscribers
+from mailer.cli import articles, digest, feeds, schedule, serve, subscribers
 from mailer.cli.base import App, cli, command, main
 
-__all__ = ["App", "articles", "cli", "command", "digest", "main", "schedule", "serve", "subscribers"]
+__all__ = ["App", "articles", "cli", "command", "digest", "feeds", "main", "schedule", "serve", "subscribers"]

@@ -28,6 +28,7 @@ def _article_dict(a: Article) -> dict[str, Any]:
         "theme": a.theme,
         "url": a.url,
         "source": a.source,
+        "author": a.author,
         "published_at": a.published_at,
         "imported_at": a.imported_at,
         "digest_id": a.digest_id,

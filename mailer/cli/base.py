@@ -20,7 +20,7 @@ import select
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
@@ -180,6 +180,9 @@ class Listing:
     records: list[dict[str, Any]]  # --json prints these, every field in full
     table: Table  # what a person reads: the columns that fit the terminal
     footer: str  # e.g. "3 subscriber(s)"
+    # One line per record that failed (a feed that did not answer): on stderr after the
+    # output, JSON or not, and the exit status is 1.
+    errors: list[str] = field(default_factory=list)
 
 
 def listing(fn: Callable[..., Listing]) -> Callable[..., None]:
@@ -192,9 +195,13 @@ def listing(fn: Callable[..., Listing]) -> Callable[..., None]:
         result = fn(*args, **kwargs)
         if as_json:
             _json(result.records)
-            return
-        out.print(result.table)
-        click.echo(result.footer)
+        else:
+            out.print(result.table)
+            click.echo(result.footer)
+        for line in result.errors:
+            click.echo(f"error: {line}", err=True)
+        if result.errors:
+            sys.exit(1)
 
     return wrapper
 
