@@ -656,3 +656,18 @@ def test_xhtml_is_read_as_xml() -> None:
 def test_deep_nesting_does_not_recurse() -> None:
     html = "<div>" * 200 + "deep" + "</div>" * 200 + "<p>after</p>"
     assert html_to_paragraphs(html) == ["deep", "after"]
+
+
+def test_words_prefixed_tags_are_read_and_never_raise() -> None:
+    body = (
+        b"<?xml version='1.0'?><rss version='2.0'><channel><title>Notes</title><item><guid>1</guid>"
+        b"<title>Pasted from Word</title><description>&lt;p class=MsoNormal&gt;Minutes of the meeting"
+        b"&lt;o:p&gt;&lt;/o:p&gt;&lt;/p&gt;</description></item></channel></rss>"
+    )
+
+    parsed = parse_feed(body, "https://notes.example/feed")
+
+    assert [(i.title, i.paragraphs) for i in parsed.items] == [
+        ("Pasted from Word", ["Minutes of the meeting"])
+    ]
+    assert html_to_paragraphs("<p>Word<o:p></o:p></p><p>Two</p>") == ["Word", "Two"]

@@ -20,8 +20,8 @@ What holds, and why:
 * **Never raises** on what a feed sends: NULs are removed, markup read as XHTML that is not
   well-formed is read as HTML, and what lxml cannot read at all (nothing but comments or
   whitespace) has no paragraphs. The tree is walked without recursion, so an element nested
-  deeper than Python's stack allows is read too. Known gap: an HTML tag name with a prefix
-  (Word's <o:p>) makes `_tag` raise ValueError (lxml's QName rejects it).
+  deeper than Python's stack allows is read too. A prefixed tag name (Word's <o:p>) is read
+  by its local name.
 * **Nothing is fetched.** lxml's parsers run with no_network; the XML one also loads no DTD
   and resolves no entity. `base_url` only names the document: no URL is in the output.
 * **Safe in parallel.** Every call makes its own lxml parser (one serves one thread at a
@@ -211,7 +211,9 @@ def _tag(el: Any) -> str:
     """An element's local name, lower case; "" for comments, processing instructions, entities."""
     if not isinstance(el.tag, str):
         return ""
-    return etree.QName(el).localname.lower()
+    # By hand, not etree.QName: the HTML parser keeps Word's "o:p" as the name, which QName
+    # refuses (ValueError); "{namespace}name" is how the XML parser names xhtml's elements.
+    return el.tag.rpartition("}")[2].rpartition(":")[2].lower()
 
 
 def _has_markup(text: str) -> bool:
