@@ -30,6 +30,7 @@ from mailer.errors import ConfigError
 from mailer.settings import (
     ENV_PREFIX,
     ArticlesConfig,
+    BouncesConfig,
     CatcherConfig,
     DatabaseConfig,
     DeliveryConfig,
@@ -44,13 +45,12 @@ from mailer.settings import (
     WebConfig,
 )
 
-# The only MAILER_* variables that are not config keys. (The passwords are keys, smtp.password
-# and web.password, set only this way: MAILER_SMTP_PASSWORD, MAILER_WEB_PASSWORD.)
+# The only MAILER_* variables that are not config keys. (The passwords are keys, smtp.password,
+# web.password and bounces.imap_password, set this way: MAILER_SMTP_PASSWORD, ….)
 NON_CONFIG_VARIABLES = frozenset(
     {
         "MAILER_CONFIG",  # which config file to load (find_config_path)
         "MAILER_SECRET_KEY",  # the unsubscribe-token key (mailer.tokens)
-        "MAILER_BOUNCES_IMAP_PASSWORD",  # the bounce mailbox's password
         "MAILER_TEST_POSTGRES_URL",  # the test suite's PostgreSQL server
     }
 )
@@ -108,6 +108,10 @@ class Config:
     @property
     def feeds(self) -> FeedsConfig:
         return self.settings.feeds
+
+    @property
+    def bounces(self) -> BouncesConfig:
+        return self.settings.bounces
 
     @property
     def themes(self) -> list[ThemeConfig]:

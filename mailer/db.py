@@ -33,7 +33,7 @@ from mailer.errors import ConfigError, database_where
 BUSY_TIMEOUT_MS = 30_000
 # The newest Alembic revision (tests/test_db.py checks it against migrations/). Knowing it
 # lets a command skip importing Alembic (~11 MB, ~0.2 s) when the schema is current.
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0011"
 # True inside Database.read_only(): transactions begun here are deferred and read-only.
 _READ_ONLY: ContextVar[bool] = ContextVar("mailer_db_read_only", default=False)
 

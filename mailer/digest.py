@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
+from mailer.bounces.ledger import Rates, counts_by_digest
 from mailer.config import Config
 from mailer.db import Database, serialise
 from mailer.errors import InputError, NotFound
@@ -316,6 +317,7 @@ class DigestRow:
     note: str
     articles: int
     counts: dict[str, int]
+    returned: Rates  # bounces and complaints after delivery (mailer.bounces.ledger)
 
     @property
     def manual(self) -> bool:
@@ -344,6 +346,7 @@ def list_digests(db: Database, limit: int | None = None) -> list[DigestRow]:
                 .group_by(Article.digest_id)
             ).all()
         )
+        returned = counts_by_digest(s, ids)
     return [
         DigestRow(
             d.id,
@@ -357,6 +360,7 @@ def list_digests(db: Database, limit: int | None = None) -> list[DigestRow]:
             d.note,
             articles.get(d.id, 0),
             counts[d.id],
+            Rates.of(counts[d.id].get(DeliveryStatus.SENT, 0), returned[d.id]),
         )
         for d in digests
     ]

@@ -38,6 +38,9 @@ class SubscriberStatus(StrEnum):
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
+    # Reported our mail as spam: never mailed again unless they sign up again themselves
+    # (the double opt-in form); the editor cannot put them back.
+    COMPLAINED = "complained"
 
 
 class DigestStatus(StrEnum):
@@ -175,6 +178,12 @@ class Subscriber(Base):
     confirm_ip: Mapped[str | None] = mapped_column(String(45))
     # Themes the reader asked for (slugs, sorted, comma-separated: theme_key); "" every theme.
     themes: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+    def hard_bounce(self, threshold: int) -> bool:
+        """Count a permanent failure (at the relay or reported later); True when it makes an
+        active reader `bounced` (the caller applies that with subscribers.set_status)."""
+        self.bounce_count += 1
+        return self.bounce_count >= threshold and self.status == SubscriberStatus.ACTIVE
 
     def confirm(self, ip: str, now: datetime) -> bool:
         """Double opt-in's second step; False when there was nothing to confirm (already
@@ -418,3 +427,32 @@ class FeedItem(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     article_id: Mapped[int | None] = mapped_column(ForeignKey("articles.id", ondelete="SET NULL"))
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BounceEvent(Base):
+    """A bounce or complaint that came back after delivery (mailer.bounces.ledger), stored
+    once per (source, event_id): a provider's retry, or the same DSN seen twice, is a
+    replay and changes nothing."""
+
+    __tablename__ = "bounce_events"
+    __table_args__ = (
+        UniqueConstraint("source", "event_id"),
+        CheckConstraint("kind IN ('hard', 'soft', 'complaint')", name="kind"),
+        Index("ix_bounce_events_subscriber", "subscriber_id", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(500))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="")
+    diagnostic: Mapped[str] = mapped_column(String(500), default="")
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    # What it was matched to; None when nothing was (a forged token, an unknown address).
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
+    )
+    # Forgetting a reader erases what came back about them too.
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -36,7 +36,16 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "database": ("url",),
 }
 # Shown in the log by name only: they may hold a secret.
-SECRET_KEYS = frozenset({"smtp.password", "web.password", "database.url"})
+SECRET_KEYS = frozenset(
+    {
+        "smtp.password",
+        "web.password",
+        "database.url",
+        "bounces.imap_password",
+        "bounces.postmark_password",
+        "bounces.mailgun_signing_key",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -274,6 +274,78 @@ class FeedsConfig(_Section):
         return sources
 
 
+class BouncesConfig(_Section):
+    """The return path (mailer.bounces): VERP, and where bounces and complaints come from."""
+
+    # With VERP on, each message's envelope sender is local+<token>@domain of this address.
+    address: str = ""
+    # Mailer's own SMTP receiver as the MX of the bounce domain ("host:port"; "" off).
+    listen: str = ""
+    # A bounce mailbox polled over IMAP with TLS: imaps://user@host[:port]/FOLDER. The
+    # password only from MAILER_BOUNCES_IMAP_PASSWORD.
+    imap_url: str = ""
+    imap_password: str = Field(default="", repr=False)
+    imap_ca_file: str = ""  # a private CA for the mailbox's certificate (tests, own servers)
+    # Processed bounces and complaints are moved here; nothing else in the mailbox is touched.
+    imap_processed_folder: str = "mailer-processed"
+    imap_interval_seconds: Annotated[int, Field(ge=10, le=86400)] = 300
+    # Webhooks (POST /webhooks/<provider>); a provider with nothing set here answers 404.
+    ses_topic_arns: list[str] = Field(default_factory=list)  # SNS topics to accept
+    # Where SNS signing certificates may come from (a regular expression for the host).
+    sns_certificate_hosts: str = r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"
+    postmark_username: str = ""
+    postmark_password: str = Field(default="", repr=False)
+    sendgrid_public_key: str = ""  # the event webhook's verification key (base64 DER)
+    mailgun_signing_key: str = Field(default="", repr=False)
+    # An event older than this (by its own timestamp) is a replay: ignored.
+    webhook_max_age_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 15
+
+    @field_validator("address")
+    @classmethod
+    def _plain_address(cls, value: str) -> str:
+        if not value:
+            return value
+        from email_validator import EmailNotValidError, validate_email
+
+        try:
+            result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"{value!r} is not an email address: {exc}") from None
+        address = result.ascii_email or result.normalized
+        if "+" in address.partition("@")[0]:
+            raise ValueError(f"{value!r}: the local part must not hold '+' (the VERP token goes after it)")
+        return address
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"{value!r} is not host:port")
+        return value
+
+    @field_validator("imap_url")
+    @classmethod
+    def _imaps(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme != "imaps" or not parts.hostname or not parts.username:
+                raise ValueError(f"{value!r} is not imaps://user@host[:port]/FOLDER")
+            if parts.password:
+                raise ValueError("the password goes in MAILER_BOUNCES_IMAP_PASSWORD, not in imap_url")
+        return value
+
+    @field_validator("sns_certificate_hosts")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {value!r}: {exc}") from exc
+        return value
+
+
 _DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*")
 
 
@@ -331,6 +403,7 @@ class Settings(BaseSettings):
     articles: ArticlesConfig = ArticlesConfig()
     dkim: DkimConfig = DkimConfig()
     feeds: FeedsConfig = FeedsConfig()
+    bounces: BouncesConfig = BouncesConfig()
     themes: list[ThemeConfig] = Field(
         default_factory=lambda: [ThemeConfig(slug="other", name="More news", fallback=True)]
     )

@@ -71,6 +71,7 @@ STATUS_VALUES = {
     "blocklisted": "unsubscribed",
     "bounced": "bounced",
     "cleaned": "bounced",
+    "complained": "complained",  # mailer's own export: they reported spam
 }
 
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "status_changed_at", "bounce_count")

@@ -38,6 +38,7 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from mailer.errors import ConfigError
 
 _TOKEN = re.compile(r"^([1-9][0-9]{0,17})\.([A-Za-z0-9_-]{43})$")
+_VERP = re.compile(r"^([1-9][0-9]{0,17})-([a-z2-7]{16})$")
 _FRESH = re.compile(r"^([1-9][0-9]{0,17})\.([A-Za-z0-9_.-]{20,200})$")
 MIN_SECRET_CHARS = 24
 RESUBSCRIBE_MAX_AGE = 3600  # seconds
@@ -165,3 +166,20 @@ class Tokens:
 
     def verify_confirm(self, token: str, subscriber_id: int, nonce: str, max_age: int) -> bool:
         return self._verify_timed("confirm", token, subscriber_id, nonce, max_age)
+
+    # ------------------------------------------------------------ VERP
+
+    def verp(self, delivery_id: int) -> str:
+        """The token of a delivery's envelope sender (bounces+<token>@domain): the id and an
+        80-bit MAC, lower-case base32, because an MTA may fold the local part's case and a
+        bounce must still map to exactly this delivery (never to one a forger names)."""
+        digest = hmac.new(self._secret, f"verp:{delivery_id}".encode(), hashlib.sha256).digest()
+        return f"{delivery_id}-{base64.b32encode(digest[:10]).decode().lower()}"
+
+    def verp_delivery(self, token: str) -> int | None:
+        """The delivery a VERP token names, or None when it is not one this key made."""
+        m = _VERP.match(token.lower())
+        if m is None:
+            return None
+        delivery_id = int(m.group(1))
+        return delivery_id if hmac.compare_digest(self.verp(delivery_id), token.lower()) else None

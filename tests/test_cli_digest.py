@@ -107,7 +107,7 @@ def test_the_dashboard_and_the_digests_page_show_slots_in_local_time(
         server.close()
 
     for path, doc in pages.items():
-        cells = [tr.xpath("./td")[1] for tr in doc.cssselect("table tr") if len(tr.xpath("./td")) == 8]
+        cells = [tr.xpath("./td")[1] for tr in doc.cssselect("table tr") if len(tr.xpath("./td")) == 10]
         shown = [(" ".join(td.text_content().split()), td.get("title")) for td in cells]
         assert shown == [
             ("Thu 26 Nov 2026 03:17 CET (manual)", "slot manual:2026-11-26T02:17:23"),

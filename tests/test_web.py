@@ -198,7 +198,7 @@ def test_dashboard_counts_subscribers_by_status(web: WebServer, db: Database) ->
 
     counts = dict(rows(web.get("/"), "#subscribers tr"))  # type: ignore[arg-type]
 
-    assert counts == {"pending": "0", "active": "3", "unsubscribed": "1", "bounced": "1"}
+    assert counts == {"pending": "0", "active": "3", "unsubscribed": "1", "bounced": "1", "complained": "0"}
 
 
 def test_dashboard_lists_a_digest_once_it_is_sent(
@@ -211,8 +211,11 @@ def test_dashboard_lists_a_digest_once_it_is_sent(
 
     (digest,) = digests.list_digests(db)
     page = web.get("/")
-    issue, _slot, status, count, sent, pending, failed, subject = rows(page, "#recent tr")[0]
+    issue, _slot, status, count, sent, pending, failed, bounced, complaints, subject = rows(
+        page, "#recent tr"
+    )[0]
     assert (issue, status, count, sent, pending, failed) == ("#1", "sent", str(len(articles)), "2", "0", "0")
+    assert (bounced, complaints) == ("0", "0")
     assert subject == digest.subject and subject.startswith(cfg.digest.name + " #1: ")
     assert page.doc().cssselect("#recent a")[0].get("href") == f"/digests/{digest.id}"
 

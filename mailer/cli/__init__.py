@@ -3,7 +3,19 @@
 One module per command group; importing them registers their commands on `cli`.
 """
 
-from mailer.cli import articles, digest, feeds, schedule, serve, subscribers
+from mailer.cli import articles, bounces, digest, feeds, schedule, serve, subscribers
 from mailer.cli.base import App, cli, command, main
 
-__all__ = ["App", "articles", "cli", "command", "digest", "feeds", "main", "schedule", "serve", "subscribers"]
+__all__ = [
+    "App",
+    "articles",
+    "bounces",
+    "cli",
+    "command",
+    "digest",
+    "feeds",
+    "main",
+    "schedule",
+    "serve",
+    "subscribers",
+]

@@ -165,7 +165,18 @@ def digest_status(app: App, digest_id: int | None, as_json: bool) -> None:
     """Where a digest's delivery stands: queued, sent, retrying, failed, bounced, errors."""
     st = delivery.status_of(app.db, digest_id)
     if as_json:
-        _json(st.__dict__)
+        back = st.returned
+        _json(
+            {
+                **st.__dict__,
+                "returned": {
+                    **dataclasses.asdict(back),
+                    "bounce_rate": back.bounce_rate,
+                    "complaint_rate": back.complaint_rate,
+                    "warnings": back.warnings(),
+                },
+            }
+        )
         return
     c = st.counts
     click.echo(f"digest #{st.issue} (id {st.digest_id}, {st.status}): {st.subject}")
@@ -173,6 +184,14 @@ def digest_status(app: App, digest_id: int | None, as_json: bool) -> None:
         f"  queued {c['queued'] + c['sending']}, sent {c['sent']}, retrying {c['retry']}, "
         f"failed {c['failed']} (bounced {st.bounced}), skipped {c['skipped']}"
     )
+    back = st.returned
+    if back.bounced or back.soft or back.complained:
+        click.echo(
+            f"  after delivery: {back.bounced} bounced later ({back.bounce_rate:.1%}), "
+            f"{back.soft} soft bounce(s), {back.complained} complained ({back.complaint_rate:.2%})"
+        )
+    for warning in back.warnings():
+        click.echo(f"  warning: {warning}")
     if st.next_retry_at:
         click.echo(f"  next retry: {_when(st.next_retry_at, app.cfg)}")
     for run in st.runs:

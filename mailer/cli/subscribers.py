@@ -20,6 +20,7 @@ import click
 from rich.table import Table
 
 from mailer import notices, signup
+from mailer.bounces import ledger
 from mailer.cli.base import App, Detail, Listing, _when, cli, command, detail, json_text, listing
 from mailer.errors import InputError
 from mailer.models import utcnow
@@ -144,6 +145,7 @@ def subscribers_show(app: App, email: str) -> Detail:
     """One subscriber in full, with the consent record of a web sign-up."""
     sub = SubscriberStore(app.db).get(email)
     rec = record(sub)
+    soft = ledger.soft_bounce_count(app.db, sub.id)
     lines = [
         ("email", sub.email),
         ("name", sub.name or "-"),
@@ -152,7 +154,7 @@ def subscribers_show(app: App, email: str) -> Detail:
         ("signed up", _consent(sub.signup_at, sub.signup_ip, app)),
         ("confirmed", _consent(sub.confirmed_at, sub.confirm_ip, app)),
         ("themes", ", ".join(rec["themes"]) or "all"),
-        ("bounces", str(sub.bounce_count)),
+        ("bounces", f"{sub.bounce_count} hard, {soft} soft since the last delivery that did not bounce"),
     ]
     return Detail(rec, lines)
 

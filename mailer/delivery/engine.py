@@ -55,6 +55,7 @@ from typing import Any
 from sqlalchemy import select
 
 from mailer import digest as digests
+from mailer.bounces.verp import envelope_sender
 from mailer.config import Config
 from mailer.db import Database, serialise
 from mailer.delivery import queue
@@ -323,7 +324,8 @@ class Deliverer:
             data = template.of(job).render(job.recipient)
             if self.signer is not None:
                 data = self.signer.sign(data)  # last: after the message is final
-            return smtp.send(self.cfg.smtp.from_address, job.recipient.email, data, gate)
+            sender = envelope_sender(self.cfg, self.tokens, job.delivery_id)  # VERP when configured
+            return smtp.send(sender, job.recipient.email, data, gate)
         except SmtpBusy:
             # send() reconnected after a hang-up and the relay refused the new connection.
             return None
@@ -522,11 +524,7 @@ class Deliverer:
             sub = s.get(Subscriber, subscriber_id)
             if sub is None:
                 return
-            sub.bounce_count += 1
-            if (
-                sub.bounce_count >= self.cfg.delivery.bounce_threshold
-                and sub.status == SubscriberStatus.ACTIVE
-            ):
+            if sub.hard_bounce(self.cfg.delivery.bounce_threshold):
                 set_status(s, sub, SubscriberStatus.BOUNCED)
 
     def _requeue(self, delivery_ids: list[int]) -> None:

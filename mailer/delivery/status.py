@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from mailer import digest as digests
 from mailer import render
+from mailer.bounces.ledger import Rates, rates
 from mailer.config import Config
 from mailer.db import Database
 from mailer.delivery import queue
@@ -88,6 +89,9 @@ class DigestReport:
     subject: str
     counts: dict[str, int]
     bounced: int
+    # What came back after a 250 (mailer.bounces): hard and soft bounces, complaints, and
+    # their rates among the delivered, with a line per provider threshold passed.
+    returned: Rates
     next_retry_at: datetime | None
     last_error: str
     next_run_at: datetime | None
@@ -142,6 +146,7 @@ def status_of(db: Database, digest_id: int | None = None) -> DigestReport:
             d.subject or d.note,
             {k.value: by_status.get(k, 0) for k in DeliveryStatus},
             int(bounced or 0),
+            rates(s, d.id, by_status.get(DeliveryStatus.SENT, 0)),
             next_retry,
             d.last_error,
             d.next_run_at,
