@@ -6,39 +6,23 @@ never reach its readers; each change is one transaction that checks `digest_id I
 on the row it changes, the same lock a digest's build takes, so a build sees the article
 either before or after the change, never half of it.
 
-What an import reads, and why nothing else is read:
-* Only regular files. The type is checked with stat before the file is opened, because
-  opening a FIFO blocks and a device such as /dev/zero never ends; the open itself is
-  non-blocking, so a path swapped for a FIFO after the check cannot hang it either, and the
-  opened file is checked again (fstat) before a byte is read.
-* At most MAX_FILE_BYTES of it. The size is checked before reading, and the read asks for
-  one byte more than the cap at most, so a file that grows meanwhile (or that reports a size
-  of 0, as /proc files do) is refused without ever holding more than that in memory.
-* In a folder, nothing outside it. A symlink is followed only when its target (resolved)
-  is inside the folder; one that leaves it is reported as skipped and never opened. Linked
-  folders are never entered: whatever they hold inside the folder is walked under its own
-  name. The file opened must still be the one that was checked (same device and inode).
-* Each file once. A file reached twice (a link to another file of the folder, or a path
-  named twice) is read under its own name, and the other paths say which file they repeat.
-
-About 435 lines: the import of files and the editor's per-article commands share one
-store; the file import is the piece to move out next.
+Files are read by mailer.article_files (what an import reads, and why nothing else is);
+feeds insert through `insert_many` (mailer.feeds.poll).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from mailer.article_files import FileReport, collect_files, read_regular_file
 from mailer.config import Config
 from mailer.db import Database
 from mailer.errors import InputError, NotFound
@@ -55,135 +39,9 @@ from mailer.parsing import (
 )
 from mailer.themes import Themes
 
-MAX_FILE_BYTES = 20 * 1024 * 1024
 # An editor's summary stands in for the lead (about digest.lead_chars): room for a few
 # sentences, not a second article.
 MAX_SUMMARY_CHARS = 1000
-LINK_LEAVES = "symlink leaves the folder"
-# Not on every platform; where it is missing there are no FIFOs to block on either.
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_KINDS = {
-    stat.S_ISDIR: "folder",
-    stat.S_ISCHR: "character device",
-    stat.S_ISBLK: "block device",
-    stat.S_ISFIFO: "FIFO",
-    stat.S_ISSOCK: "socket",
-}
-
-
-@dataclass
-class FileReport:
-    path: str
-    added: int = 0
-    duplicates: int = 0
-    skipped: list[str] = field(default_factory=list)
-    error: str = ""
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass
-class Candidate:
-    """A path found for import: to be read, or only reported (skip or error set)."""
-
-    path: Path
-    skip: str = ""
-    error: str = ""
-    # (st_dev, st_ino) when it was found: the file opened must still be this one.
-    identity: tuple[int, int] | None = None
-
-
-def collect_files(paths: list[str]) -> list[Candidate]:
-    """Files named directly, plus the .txt files in named folders (sorted, recursive)."""
-    found: list[Candidate] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found.extend(_folder_files(p))
-        elif p.exists():  # a link named on the command line is followed: the user chose it
-            found.append(Candidate(p))
-        else:
-            raise InputError(f"{raw}: no such file or folder")
-    return _once_each(found)
-
-
-def _folder_files(root: Path) -> list[Candidate]:
-    inside = root.resolve()
-    found: list[Candidate] = []
-
-    def unreadable(exc: OSError) -> None:
-        found.append(Candidate(Path(exc.filename), error=f"cannot read folder: {exc.strerror or exc}"))
-
-    # followlinks=False: a linked folder is listed in `folders` but not entered.
-    for here, folders, files in os.walk(root, onerror=unreadable):
-        for name in folders:
-            link = Path(here, name)
-            if link.is_symlink() and (reason := _link_problem(link, inside)):
-                found.append(Candidate(link, skip=reason))
-        for name in files:
-            if name.endswith(".txt"):
-                path = Path(here, name)
-                found.append(Candidate(path, skip=_link_problem(path, inside) if path.is_symlink() else ""))
-    return sorted(found, key=lambda c: c.path)
-
-
-def _link_problem(link: Path, inside: Path) -> str:
-    """Why a link found in a folder is not followed ("" when it may be)."""
-    try:
-        target = link.resolve()
-    except (OSError, RuntimeError):  # a loop: RuntimeError before Python 3.13
-        return "symlink loop"
-    if not target.is_relative_to(inside):
-        return f"{LINK_LEAVES} (to {target})"
-    return "" if target.exists() else "broken symlink"
-
-
-def _once_each(found: list[Candidate]) -> list[Candidate]:
-    """Mark every path after the first that reaches the same file; own names go first."""
-    first: dict[tuple[int, int], Path] = {}
-    for c in sorted(found, key=lambda c: c.path.is_symlink()):  # stable: keeps the order otherwise
-        if c.skip or c.error:
-            continue
-        try:
-            st = c.path.stat()
-        except OSError:
-            continue  # reported when it is read
-        c.identity = (st.st_dev, st.st_ino)
-        if c.identity in first:
-            c.skip = "named twice" if first[c.identity] == c.path else f"same file as {first[c.identity]}"
-        else:
-            first[c.identity] = c.path
-    return found
-
-
-def read_regular_file(path: Path, identity: tuple[int, int] | None = None) -> bytes:
-    """The bytes of a regular file of at most MAX_FILE_BYTES, else an InputError saying why
-    (see the module docstring for why each check is where it is)."""
-    _check_regular(os.stat(path))
-    fd = os.open(path, os.O_RDONLY | _NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
-        _check_regular(st)
-        if identity is not None and (st.st_dev, st.st_ino) != identity:
-            raise InputError("the file was replaced while being imported")
-        data = fh.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise InputError(_too_large())
-    return data
-
-
-def _check_regular(st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS.items() if test(st.st_mode)), "special file")
-        raise InputError(f"not a regular file (a {kind})")
-    if st.st_size > MAX_FILE_BYTES:
-        raise InputError(_too_large())
-
-
-def _too_large() -> str:
-    megabytes, rest = divmod(MAX_FILE_BYTES, 1024 * 1024)
-    return f"file is larger than {f'{megabytes} MB' if not rest else f'{MAX_FILE_BYTES} bytes'}"
 
 
 def check_title(title: str) -> str:
@@ -241,6 +99,19 @@ def check_url(url: str | None) -> str | None:
     if not is_http_url(url):
         raise InputError(f"--url {url!r}: only absolute http:// or https:// URLs are allowed")
     return url
+
+
+@dataclass(frozen=True)
+class NewArticle:
+    """What ArticleStore.insert_many takes per article: `insert`'s arguments."""
+
+    item: ParsedArticle
+    source: str
+    url: str | None = None
+    theme: str | None = None
+    published_at: datetime | None = None
+    author: str = ""
+    fingerprint_of: str | None = None
 
 
 class ArticleStore:
@@ -331,6 +202,54 @@ class ArticleStore:
         except IntegrityError:
             return None
         return article
+
+    def insert_many(self, s: Session, new: list[NewArticle]) -> list[int | None]:
+        """`insert` for many at once (a feed's items): one query for the fingerprints
+        already stored and one multi-row INSERT … RETURNING, instead of a query, a
+        savepoint and an INSERT each. The ids in order; None for a duplicate (stored
+        before, or earlier in `new`). A concurrent import's duplicate fails the batch's
+        savepoint, and the batch is then inserted one by one, each deciding for itself."""
+        fps = [fingerprint(n.item.body if n.fingerprint_of is None else n.fingerprint_of) for n in new]
+        seen: set[str] = set()
+        for i in range(0, len(fps), 500):
+            seen.update(
+                s.scalars(select(Article.fingerprint).where(Article.fingerprint.in_(fps[i : i + 500])))
+            )
+        rows, where = [], []
+        now = utcnow()
+        for i, (n, fp) in enumerate(zip(new, fps, strict=True)):
+            if fp in seen:
+                continue
+            seen.add(fp)
+            where.append(i)
+            rows.append(
+                {
+                    "title": n.item.title,
+                    "body": n.item.body,
+                    "url": n.url,
+                    "source": n.source,
+                    "published_at": n.published_at,
+                    "imported_at": now,
+                    "theme": n.theme or self.themes.classify(n.item.title, n.item.body),
+                    "fingerprint": fp,
+                    "author": n.author,
+                }
+            )
+        ids: list[int | None] = [None] * len(new)
+        if not rows:
+            return ids
+        try:
+            with s.begin_nested():
+                stmt = insert(Article).returning(Article.id, sort_by_parameter_order=True)
+                for i, article_id in zip(where, s.scalars(stmt, rows), strict=True):
+                    ids[i] = article_id
+        except IntegrityError:
+            again = (
+                self.insert(s, n.item, n.source, n.url, n.theme, n.published_at, n.author, n.fingerprint_of)
+                for n in new
+            )
+            return [a.id if a is not None else None for a in again]
+        return ids
 
     def add(
         self,

@@ -409,10 +409,6 @@ class Feed(Base):
 
     items: Mapped[list[FeedItem]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
-    @property
-    def first_poll(self) -> bool:
-        return self.last_polled_at is None
-
 
 class FeedItem(Base):
     """Every item a feed has shown, imported or not: the per-feed de-duplication record

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from mailer.articles import MAX_FILE_BYTES
+from mailer.article_files import MAX_FILE_BYTES
 from tests.conftest import ROOT, write_config
 
 MAILER = str(ROOT / ".venv" / "bin" / "mailer")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer import articles
+from mailer import article_files
 from mailer.articles import ArticleStore
 from mailer.db import Database
 from tests.conftest import ROOT
@@ -87,7 +87,7 @@ def test_the_read_is_capped_even_when_the_file_holds_more_than_its_size_says(
     # same case for certain: stat says 0 bytes, reading it yields more than the cap.
     proc_file = Path("/proc/self/status")
     assert proc_file.stat().st_size == 0 and len(proc_file.read_bytes()) > 200
-    monkeypatch.setattr(articles, "MAX_FILE_BYTES", 200)
+    monkeypatch.setattr(article_files, "MAX_FILE_BYTES", 200)
 
     (report,) = store.import_paths([str(proc_file)])
 

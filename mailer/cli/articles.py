@@ -10,7 +10,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from mailer.articles import ArticleStore, read_regular_file
+from mailer.article_files import read_regular_file
+from mailer.articles import ArticleStore
 from mailer.cli.base import App, Listing, _json, cli, command, listing
 from mailer.errors import InputError
 from mailer.models import Article

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from mailer import campaign, delivery, notes, progress, shared_settings
 from mailer import digest as digests
-from mailer.articles import read_regular_file
+from mailer.article_files import read_regular_file
 from mailer.cli.base import App, Listing, _json, _when, cli, command, listing
 from mailer.errors import InputError
 from mailer.models import utcnow

@@ -32,9 +32,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, update
 
-from mailer.articles import ArticleStore
+from mailer.articles import ArticleStore, NewArticle
 from mailer.config import Config
 from mailer.db import Database
 from mailer.feeds import sources
@@ -122,19 +122,22 @@ def poll(db: Database, cfg: Config, *, due_only: bool, now: datetime | None = No
 
 def _claim(db: Database, due_only: bool, now: datetime) -> list[_Claimed]:
     free = or_(Feed.claimed_until.is_(None), Feed.claimed_until <= now)
+    columns = (Feed.id, Feed.url, Feed.etag, Feed.last_modified, Feed.fetch_full_text, Feed.last_polled_at)
     with db.session() as s:
-        q = select(Feed).where(Feed.status == FeedStatus.ACTIVE, free).order_by(Feed.id)
+        q = select(*columns).where(Feed.status == FeedStatus.ACTIVE, free).order_by(Feed.id)
         if due_only:
             q = q.where(Feed.next_poll_at <= now)
-        candidates = list(s.scalars(q))
         claimed = []
-        for f in candidates:
+        for f in s.execute(q).all():
             taken = s.execute(
-                update(Feed).where(Feed.id == f.id, free).values(claimed_until=now + CLAIM_FOR)
+                update(Feed).where(Feed.id == f.id, free).values(claimed_until=now + CLAIM_FOR),
+                execution_options={"synchronize_session": False},  # no objects loaded to sync
             ).rowcount
             if taken == 1:
                 claimed.append(
-                    _Claimed(f.id, f.url, f.etag, f.last_modified, f.fetch_full_text, f.first_poll)
+                    _Claimed(
+                        f.id, f.url, f.etag, f.last_modified, f.fetch_full_text, f.last_polled_at is None
+                    )
                 )
         return claimed
 
@@ -147,6 +150,9 @@ def _fetch(
     if not fetched.ok:
         return _Outcome(feed, fetched, None, [])
     parsed = parse_feed(fetched.body, fetched.url, fetched.content_type, now=now)
+    # The body is parsed: only the items wait for the main thread (a poll of 200 feeds
+    # would otherwise hold every body until the last is stored).
+    fetched = replace(fetched, body=b"")
     notes: list[str] = []
     if feed.fetch_full_text and parsed.items:
         fresh = _unseen(db, feed.id, parsed.items)
@@ -252,32 +258,41 @@ def _import(
 ) -> None:
     cutoff = now - timedelta(days=days)
     seen = _seen_hashes(s, row.id, (_key_hash(i.key) for i in items))
+    fresh: list[tuple[str, Item | None]] = []  # (key hash, the item to import or None)
     for item in items:
         h = _key_hash(item.key)
         if h in seen:
             report.known += 1
             continue
         seen.add(h)
-        article_id = None
         if (item.published is None and first) or (item.published is not None and item.published < cutoff):
             report.too_old += 1
+            fresh.append((h, None))
         else:
-            article = store.insert(
-                s,
-                ParsedArticle(item.title, item.paragraphs),
-                source=row.name or _host(row.url),
-                url=item.link,
-                theme=row.theme,
-                published_at=item.published,
-                author=item.author,
-                fingerprint_of=item.body or f"{item.title}\n{item.link or ''}",
-            )
-            if article is None:
-                report.duplicates += 1
-            else:
-                report.imported += 1
-                article_id = article.id
-        s.add(FeedItem(feed_id=row.id, key_hash=h, article_id=article_id, seen_at=now))
+            fresh.append((h, item))
+    new = [
+        NewArticle(
+            ParsedArticle(i.title, i.paragraphs),
+            source=row.name or _host(row.url),
+            url=i.link,
+            theme=row.theme,
+            published_at=i.published,
+            author=i.author,
+            fingerprint_of=i.body or f"{i.title}\n{i.link or ''}",
+        )
+        for _, i in fresh
+        if i is not None
+    ]
+    ids = iter(store.insert_many(s, new))
+    records = []
+    for h, i in fresh:
+        article_id = next(ids) if i is not None else None
+        if i is not None:
+            report.imported += article_id is not None
+            report.duplicates += article_id is None
+        records.append({"feed_id": row.id, "key_hash": h, "article_id": article_id, "seen_at": now})
+    if records:
+        s.execute(insert(FeedItem), records)
     if report.too_old and first:
         report.notes.append(
             f"first poll: {report.too_old} item(s) older than {days} day(s) or undated taken as the archive"
