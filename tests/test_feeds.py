@@ -295,6 +295,14 @@ def test_an_html_page_and_malformed_xml_each_get_one_line_and_the_rest_goes_on(
     assert (reports[good.id].error, reports[good.id].imported) == ("", 1)
     assert feed_row(db, page.id).failures == 1 and feed_row(db, broken.id).failures == 0
 
+    # The broken feed is fetched whole again (no 304 hides it) and its problem stays listed.
+    feeds.route("/broken.xml", body=broken_body, etag='"b1"')
+    for _ in range(2):
+        reports = {r.id: r for r in poll.poll(db, cfg, due_only=False)}
+    assert reports[broken.id].http_status == 200
+    assert feed_row(db, broken.id).last_error.startswith("malformed XML")
+    assert "if-none-match" not in feeds.requests("/broken.xml")[-1].headers
+
 
 def test_a_slow_feed_does_not_hold_up_the_others(
     db: Database, tmp_path: Path, smtp_server: object, database_url: str, feeds: FeedServer

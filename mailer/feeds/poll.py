@@ -223,9 +223,12 @@ def _store(db: Database, cfg: Config, outcome: _Outcome, now: datetime) -> PollR
             # A document that held nothing usable is a failure (an HTML page, garbage);
             # malformed XML that still gave items is not: what parsed is imported.
             failed = bool(parsed.problem) and not parsed.items
-            if not failed:
-                # Validators only for a document that was read: a broken one is fetched whole again.
-                row.etag, row.last_modified = fetched.etag, fetched.last_modified
+            # Validators only for a document read without a problem: a broken one is fetched
+            # whole again, so its problem stays in `feeds list` until the publisher fixes it
+            # (a 304 would clear it while the document stays broken).
+            row.etag, row.last_modified = (
+                (None, None) if parsed.problem else (fetched.etag, fetched.last_modified)
+            )
             if not row.name:
                 row.name = parsed.title[: sources.MAX_NAME_CHARS] or _host(row.url)
             _import(s, store, row, parsed.items, report, now, cfg.feeds.max_age_days, feed.first_poll)
