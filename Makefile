@@ -16,10 +16,11 @@ install-test: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 
 # Debian's packages the tests use as real peers: Chromium for the browser tests
-# (Playwright drives it; it downloads nothing) and Postfix, a real relay that pipelines,
-# limits connections and rejects recipients by access map (the tests start private
-# instances on loopback; the system one is not needed).
-TEST_PACKAGES = chromium:chromium postfix:postfix
+# (Playwright drives it; it downloads nothing), Postfix, a real relay that pipelines,
+# limits connections, rejects recipients by access map and writes bounces, and Dovecot,
+# the IMAP server holding the bounce mailbox (dovecot-imapd brings dovecot-core). The
+# tests start private instances on loopback; the system ones are not needed.
+TEST_PACKAGES = chromium:chromium postfix:postfix dovecot:dovecot-imapd
 system-deps:
 	@missing=""; for pair in $(TEST_PACKAGES); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair##*:}"; \
