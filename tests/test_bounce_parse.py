@@ -166,19 +166,6 @@ EXPECTED: dict[str, list[tuple[BounceKind, str | None, str, str | None, str]]] =
             "|kijitora@example.jp",
         )
     ],
-    # flufl.bounce says permanent ("not going to try again"), the status class says soft.
-    "yahoo-text.eml": [
-        (
-            SOFT,
-            "userx@example.com",
-            "4.4.1",
-            None,
-            "<20010218082300.42071.qmail@mta540.mail.yahoo.com>|userx@example.com",
-        )
-    ],
-    "yahoo-over-quota.eml": [
-        (HARD, "userx@example.es", "", None, sha("yahoo-over-quota.eml") + "|userx@example.es")
-    ],
     "arf-yahoo.eml": [
         (
             COMPLAINT,
