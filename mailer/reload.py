@@ -3,8 +3,9 @@
 A reload is a whole load_config of the same file, so either every setting of the new file
 is checked, or none is taken: a file that does not load is refused with the one line the
 CLI would print, and the old Config stays in force. What the running process was started
-with and cannot change (RESTART_ONLY: the sockets it listens on, the catcher's folder, the
-database it holds open) keeps its old value, and the log says it needs a restart.
+with and cannot change (RESTART_ONLY: the sockets it listens on, the web server's, the
+catcher's and the bounce MX's, the catcher's folder, the database it holds open) keeps its
+old value, and the log says it needs a restart.
 
 ConfigWatcher reloads on SIGHUP and when the file changes: it polls the file's size, mtime
 and inode every CONFIG_POLL seconds and reloads only when the content's hash changed, so a
@@ -32,6 +33,7 @@ CONFIG_SETTLE = 0.2  # a file still changing after this is looked at again at th
 # started writes, the database it holds open. A reload keeps their old values.
 RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "web": ("host", "port"),
+    "bounces": ("listen",),
     "catcher": ("enabled", "host", "port", "folder"),
     "database": ("url",),
 }

@@ -12,7 +12,9 @@ everything reads it from there: the web app per request (mailer.web.app.RequestC
 each tick once per run, and a reload re-aims the cron trigger.
 
 Feeds are polled by their own job on their own thread (mailer.feeds.poll), every
-FEEDS_EVERY, so a slow feed never delays a digest.
+FEEDS_EVERY, so a slow feed never delays a digest; the bounce mailbox likewise
+(mailer.bounces.mailbox). With `[bounces] listen` set, the service is also the bounce
+domain's MX (mailer.bounces.receiver).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import resource
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import FrameType
@@ -32,6 +35,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from waitress.server import create_server
 
 from mailer import campaign, demo, progress, signup
+from mailer.bounces.mailbox import poll_mailbox
+from mailer.bounces.receiver import BounceReceiver, start_receiver
 from mailer.catcher import MailCatcher
 from mailer.config import Config, ConfigInForce, load_config
 from mailer.db import Database
@@ -86,6 +91,8 @@ class Service:
         self.stop = threading.Event()
         self._lock = threading.Lock()  # one tick at a time in this process
         self.catcher: MailCatcher | None = None
+        self.receiver: BounceReceiver | None = None
+        self.mailbox_polled: float | None = None  # time.monotonic() of the last mailbox poll
         self.web = None
         self.app: Any = None
         self.web_thread: threading.Thread | None = None
@@ -93,7 +100,11 @@ class Service:
         self.watcher = ConfigWatcher(cfg.path, self.reload, self.stop) if cfg.path is not None else None
         # Feeds poll on their own thread: a slow poll never delays a digest's tick.
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(1), "feeds": ThreadPoolExecutor(1)},
+            executors={
+                "default": ThreadPoolExecutor(1),
+                "feeds": ThreadPoolExecutor(1),
+                "mailbox": ThreadPoolExecutor(1),
+            },
             timezone=cfg.zone,
         )
 
@@ -122,6 +133,18 @@ class Service:
         feed's problem is logged by the poll and kept in its row."""
         if not self.stop.is_set():
             self._guarded(lambda: feed_poll.poll(self.db, self.config.current, due_only=True))
+
+    def poll_mailbox(self) -> None:
+        """The bounce mailbox, every bounces.imap_interval_seconds when imap_url is set
+        (checked each minute, so a reload that sets or changes it takes effect)."""
+        cfg = self.config.current
+        if self.stop.is_set() or not cfg.bounces.imap_url:
+            return
+        now = time.monotonic()
+        if self.mailbox_polled is not None and now - self.mailbox_polled < cfg.bounces.imap_interval_seconds:
+            return
+        self.mailbox_polled = now
+        self._guarded(lambda: poll_mailbox(self.db, cfg))
 
     def _guarded(self, run: Callable[[], object]) -> None:
         """A scheduled job's errors are log lines, and the job runs again next minute."""
@@ -185,6 +208,13 @@ class Service:
                 cfg.resolve(cfg.catcher.folder),
             )
         try:
+            self.receiver = start_receiver(self.db, self.config)
+        except MailerError:
+            self.shutdown()
+            raise
+        if self.receiver is not None:
+            log.info("bounce receiver (MX for %s) on %s", cfg.bounces.address, cfg.bounces.listen)
+        try:
             self.app = create_app(self.db, self.config)
             self.web = web_server(self.app, cfg.web.host, cfg.web.port)
         except OSError as exc:
@@ -221,6 +251,16 @@ class Service:
             seconds=FEEDS_EVERY.total_seconds(),
             id="feeds",
             executor="feeds",
+            coalesce=True,
+            max_instances=1,
+            next_run_time=datetime.now(cfg.zone),
+        )
+        self.scheduler.add_job(
+            self.poll_mailbox,
+            "interval",
+            seconds=60,
+            id="mailbox",
+            executor="mailbox",
             coalesce=True,
             max_instances=1,
             next_run_time=datetime.now(cfg.zone),
@@ -263,6 +303,8 @@ class Service:
             close_app(self.app)
         if self.catcher is not None:
             self.catcher.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
         self.db.dispose()
 
 

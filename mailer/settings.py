@@ -336,6 +336,14 @@ class BouncesConfig(_Section):
                 raise ValueError("the password goes in MAILER_BOUNCES_IMAP_PASSWORD, not in imap_url")
         return value
 
+    @model_validator(mode="after")
+    def _listen_needs_address(self) -> BouncesConfig:
+        if self.listen and not self.address:
+            raise ValueError(
+                "bounces.listen needs bounces.address: the receiver accepts only its VERP addresses"
+            )
+        return self
+
     @field_validator("sns_certificate_hosts")
     @classmethod
     def _regex(cls, value: str) -> str:

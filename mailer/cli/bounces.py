@@ -8,8 +8,10 @@ import click
 from rich.table import Table
 
 from mailer.bounces import ledger
+from mailer.bounces.mailbox import poll_mailbox
 from mailer.bounces.report import BounceKind
 from mailer.cli.base import App, Listing, _when, cli, command, listing
+from mailer.errors import InputError
 
 
 @cli.group()
@@ -37,3 +39,14 @@ def bounces_list(app: App, kind: str | None, limit: int) -> Listing:
             r.diagnostic or "-",
         )
     return Listing([asdict(r) for r in rows], table, f"{len(rows)} bounce(s) and complaint(s)")
+
+
+@command(bounces, "poll")
+def bounces_poll(app: App) -> None:
+    """Read the bounce mailbox ([bounces] imap_url) now, as the service does on its own."""
+    if not app.cfg.bounces.imap_url:
+        raise InputError("no bounce mailbox: set [bounces] imap_url (and MAILER_BOUNCES_IMAP_PASSWORD)")
+    report = poll_mailbox(app.db, app.cfg)
+    click.echo(report.summary)
+    for problem in report.problems:
+        click.echo(f"  {problem}")
