@@ -262,4 +262,4 @@ def test_the_dashboard_shows_the_next_slot_as_skipped(
     assert next_send.cssselect("#next-send-skipped")[0].text_content() == "(skipped by the editor)"
     recent = [[" ".join(td.text_content().split()) for td in tr] for tr in doc.cssselect("#recent tr")[1:]]
     assert len(recent) == 1
-    assert recent[0][2:] == ["skipped", "0", "0", "0", "0", "skipped by the editor"]
+    assert recent[0][2:] == ["skipped", "0", "0", "0", "0", "0", "0", "skipped by the editor"]

@@ -132,7 +132,7 @@ def test_an_unknown_status_is_a_bad_row_naming_its_column(
     assert result.exit_code == 1
     assert result.stderr.splitlines()[0] == (
         f"{path}:3: unknown status 'paused' (column 'Status') (one of: active, subscribed, enabled,"
-        " unsubscribed, disabled, blocklisted, bounced, cleaned)"
+        " unsubscribed, disabled, blocklisted, bounced, cleaned, complained)"
     )
     assert _people(db) == []
 
