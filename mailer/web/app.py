@@ -1,10 +1,12 @@
 """The Flask app: the public and editor blueprints and the rules every request passes.
 
 In order, for every request:
-1. a body over MAX_BODY_BYTES is refused (413) before any view runs;
+1. a body over MAX_BODY_BYTES is refused (413) before any view runs (the providers'
+   webhooks, mailer.web.webhooks, have a cap of their own);
 2. an editor's page needs access.require_editor (loopback only, else the password, else
    404); public pages and unknown URLs (404/405 from routing) pass;
-3. a state-changing POST from another site is refused (403), except RFC 8058 one-click;
+3. a state-changing POST from another site is refused (403), except RFC 8058 one-click
+   and the webhooks (a provider's servers, proven by signature);
 4. GET and HEAD run inside Database.read_only, so no page a reader or the editor looks
    at ever waits for the write lock, and none can write.
 Errors are one-line pages (web_error.html), never a traceback.
@@ -43,13 +45,13 @@ from mailer.notices import NoticeSender
 from mailer.render import template_environment
 from mailer.tokens import Tokens, load_secret
 from mailer.unsubscribe_outbox import Busy, Outbox, outbox_folder
-from mailer.web import MAX_BODY_BYTES, access, archive, editor, public, subscribe
+from mailer.web import MAX_BODY_BYTES, access, archive, editor, public, subscribe, webhooks
 from mailer.web.subscription import InvalidLink, Subscriptions
 
 CROSS_SITE = "This form was sent from another web site, so nothing was changed."
 SAFE_METHODS = ("GET", "HEAD")
 # Blueprints anyone may reach; every other page is the editor's (mailer.web.access).
-PUBLIC_BLUEPRINTS = frozenset({"public", "subscribe", "archive"})
+PUBLIC_BLUEPRINTS = frozenset({"public", "subscribe", "archive", webhooks.NAME})
 
 
 class RequestConfig(Config):
@@ -129,6 +131,7 @@ def create_app(db: Database, config: Config | ConfigInForce) -> Flask:
     app.extensions["mailer.notices"] = sender  # closed with the server (close_app)
     app.register_blueprint(subscribe.blueprint(db, cfg, Tokens(secret), sender))
     app.register_blueprint(editor.blueprint(db, cfg, secret))
+    app.register_blueprint(webhooks.blueprint(db, cfg, Tokens(secret)))
     _request_rules(app, cfg)
     _error_pages(app, db)
     app.wsgi_app = _reads_never_wait(app.wsgi_app, db)  # type: ignore[method-assign]
@@ -163,6 +166,8 @@ def _request_rules(app: Flask, cfg: Config) -> None:
     def _limit_body() -> None:
         # Werkzeug only enforces MAX_CONTENT_LENGTH when a view reads the body, and the
         # unsubscribe POST never does: refuse an oversized body before any view runs.
+        if request.blueprint == webhooks.NAME:
+            return  # its view reads at most webhooks.MAX_BODY_BYTES and logs a refusal
         if (request.content_length or 0) > MAX_BODY_BYTES:
             abort(413)
 
@@ -180,6 +185,8 @@ def _request_rules(app: Flask, cfg: Config) -> None:
             return
         if request.endpoint == "subscribe.subscribe":
             return  # the sign-up form may be embedded on another site (mailer.web.subscribe)
+        if request.blueprint == webhooks.NAME:
+            return  # a provider's servers, not a browser (mailer.web.webhooks)
         abort(403, CROSS_SITE)
 
     @app.after_request
