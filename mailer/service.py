@@ -64,7 +64,10 @@ WEB_SERVER: dict[str, Any] = {
     "asyncore_use_poll": True,
     "channel_timeout": 10,
     "cleanup_interval": 2,
-    "max_request_body_size": 64 * 1024,
+    # The webhooks' cap (mailer.web.webhooks: SNS messages reach 256 KB); every other route
+    # refuses more than the app's MAX_BODY_BYTES from its Content-Length before reading, and
+    # waitress spools a body past its inbuf_overflow (512 KB) to disk, not memory.
+    "max_request_body_size": 1024 * 1024,
     "max_request_header_size": 16 * 1024,
     # Proxy headers reach the app untouched: it never trusts their values, but a request
     # that carries one never gets the editor's pages without the password (mailer.web.access).

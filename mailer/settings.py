@@ -344,6 +344,23 @@ class BouncesConfig(_Section):
             )
         return self
 
+    @field_validator("sendgrid_public_key")
+    @classmethod
+    def _ec_public_key(cls, value: str) -> str:
+        if value:
+            import base64
+
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+            try:
+                key = load_der_public_key(base64.b64decode(value.strip(), validate=True))
+            except ValueError as exc:
+                raise ValueError(f"not a base64 DER public key ({exc})") from None
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise ValueError("not an ECDSA public key (SendGrid's verification key is one)")
+        return value.strip()
+
     @field_validator("sns_certificate_hosts")
     @classmethod
     def _regex(cls, value: str) -> str:

@@ -172,6 +172,11 @@ BAD_CONFIGS = [
         id="feed-twice",
     ),
     pytest.param("[feeds]\ninterval_minutes = 0\n", ["feeds.interval_minutes"], id="feed-interval-zero"),
+    pytest.param(
+        '[bounces]\nsendgrid_public_key = "bm90IGEga2V5"\n',
+        ["bounces.sendgrid_public_key", "not a base64 DER public key"],
+        id="sendgrid-key",
+    ),
     pytest.param('[smtp]\nhost = "x\n', ["invalid TOML", "line 2"], id="toml-syntax"),
 ]
 

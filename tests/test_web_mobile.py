@@ -175,7 +175,7 @@ PAGES = [
     Shown("archived issue", ("archive.issue",), goto("/archive/1"), "mail"),
 ]
 # Routes that answer with something other than a page.
-NOT_PAGES = {"public.favicon", "archive.feed"}
+NOT_PAGES = {"public.favicon", "archive.feed", "webhooks.receive"}  # no page: a file, a feed, a POST
 
 
 # ---------------------------------------------------------------- the site

@@ -350,11 +350,6 @@ def test_an_sns_message_too_large_for_the_app_s_own_cap_is_refused(
     assert site.state() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="waitress refuses bodies over 64 KB (mailer.service.WEB_SERVER max_request_body_size) "
-    "before the app's 1 MB webhook cap; SNS messages can be 256 KB",
-)
 def test_a_200_kb_sns_message_is_taken(site: Site, signer: SnsSigner, cert_host: CertHost) -> None:
     event = ses_bounce([GRACE], message_id=site.message_ids[GRACE])
     event["mail"]["headers"].append({"name": "X-Padding", "value": "x" * 200_000})

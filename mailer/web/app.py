@@ -139,10 +139,14 @@ def create_app(db: Database, config: Config | ConfigInForce) -> Flask:
 
 
 def close_app(app: Flask) -> None:
-    """Stop what create_app started besides the app itself (the notice sender)."""
+    """Stop what create_app started besides the app itself (the notice sender, the
+    webhooks' HTTP client)."""
     sender = app.extensions.get("mailer.notices")
     if sender is not None:
         sender.close()
+    hooks = app.extensions.get("mailer.webhooks")  # the SNS certificate client, once used
+    if hooks is not None:
+        hooks.close()
 
 
 def _template_globals(app: Flask, cfg: Config) -> None:

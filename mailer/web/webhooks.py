@@ -48,6 +48,7 @@ def blueprint(db: Database, cfg: Config, tokens: Tokens) -> Blueprint:
         with lock:
             if not made:
                 made.append(Webhooks(current_app.config.get(CA_FILE)))
+                current_app.extensions["mailer.webhooks"] = made[0]  # closed by close_app
             return made[0]
 
     @bp.post("/webhooks/<provider>")
