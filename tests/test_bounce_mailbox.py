@@ -193,7 +193,7 @@ def test_a_message_over_10_mb_is_left_where_it_is_with_a_problem_line(
     assert events(seeded) == []
 
 
-def test_a_dsn_with_neither_action_nor_status_is_left_where_it_is_with_a_problem_line(
+def test_a_dsn_with_neither_action_nor_status_is_moved_aside_with_a_problem_line_and_changes_nobody(
     seeded: Database, cfg: Config, sent: dict[str, Sent], dovecot: Dovecot
 ) -> None:
     bounce = re.sub(
@@ -206,7 +206,8 @@ def test_a_dsn_with_neither_action_nor_status_is_left_where_it_is_with_a_problem
 
     assert (report.processed, report.not_bounces) == (0, 0)
     assert len(report.problems) == 1 and "neither Action nor Status" in report.problems[0]
-    assert dovecot.messages("INBOX") == before
+    assert dovecot.messages("INBOX") == {} and len(before) == 1
+    assert len(dovecot.messages(cfg.bounces.imap_processed_folder)) == 1
     assert events(seeded) == []
     assert statuses(seeded)["zoe@example.com"] == "active"
 

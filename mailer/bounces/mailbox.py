@@ -7,8 +7,9 @@ Invariants, and why they hold:
   is moved, to `imap_processed_folder`, and only once all its Reports are recorded; anything
   else stays where it was with the flags it had: what the parser calls no bounce (a reply,
   an out-of-office, spam) silently, and with a problem line a message over
-  MAX_MESSAGE_BYTES or a report that names no one (a DSN with neither Action nor Status),
-  which a person may want to read. The move is MOVE (RFC 6851) or, on a server without it, COPY,
+  MAX_MESSAGE_BYTES, which may be anything. A bounce that names no one usable (a DSN with
+  neither Action nor Status) is moved aside with a problem line and changes nobody.
+  The move is MOVE (RFC 6851) or, on a server without it, COPY,
   \\Deleted and UID EXPUNGE (RFC 4315) of that UID alone; a server with neither MOVE nor
   UIDPLUS gets the copy and the \\Deleted flag but no EXPUNGE, because a plain EXPUNGE also
   removes whatever the mailbox's owner had marked deleted. (listmonk's POP reader deleted
@@ -242,8 +243,12 @@ class _Poll:
                 "%s: UID %s left in %s: %s", self.mailbox.where, uid, self.mailbox.folder, parsed.problem
             )
             return
-        if not parsed.reports:  # a bounce or complaint, but one that names no one usable
-            self._problem(f"UID {uid}: {parsed.problem or 'no report in it'}; left in {self.mailbox.folder}")
+        if not parsed.reports:
+            # A bounce or complaint that names no one usable (a DSN with neither Action nor
+            # Status, an ARF report without its original): moved aside with its problem
+            # line, like one matched to no delivery; it is ours to handle, not the owner's.
+            self._problem(f"UID {uid}: {parsed.problem or 'no report in it'}; moved to {self.mover.folder}")
+            self.mover.move(uid)
             return
         for item in parsed.reports:
             recorded = ledger.record(self.db, self.cfg, item, self.tokens)  # logs its own line
