@@ -17,10 +17,13 @@ install-test: $(BIN)/python
 
 # Debian's packages the tests use as real peers: Chromium for the browser tests
 # (Playwright drives it; it downloads nothing), Postfix, a real relay that pipelines,
-# limits connections, rejects recipients by access map and writes bounces, and Dovecot,
-# the IMAP server holding the bounce mailbox (dovecot-imapd brings dovecot-core). The
-# tests start private instances on loopback; the system ones are not needed.
-TEST_PACKAGES = chromium:chromium postfix:postfix dovecot:dovecot-imapd
+# limits connections, rejects recipients by access map and writes bounces, Dovecot, the
+# IMAP server holding the bounce mailbox (dovecot-imapd brings dovecot-core), and Perl's
+# Mail::DKIM, a second DKIM verifier, with CryptX, whose Ed25519 the tests give Debian 12's
+# Mail::DKIM (both looked for by the first one's command, dkimproxy-verify). The tests
+# start private instances on loopback; the system ones are not needed.
+TEST_PACKAGES = chromium:chromium postfix:postfix dovecot:dovecot-imapd \
+	dkimproxy-verify:libmail-dkim-perl dkimproxy-verify:libcryptx-perl
 system-deps:
 	@missing=""; for pair in $(TEST_PACKAGES); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair##*:}"; \

@@ -382,8 +382,13 @@ class DkimConfig(_Section):
     selector: str = ""
     # PEM RSA private key; relative to the config file (Config.resolve).
     key_file: str = ""
+    # Optional second signature, ed25519-sha256 (RFC 8463), beside the RSA one (receivers
+    # that do not know it ignore it): its own selector, whose TXT record says k=ed25519, and
+    # a PEM Ed25519 private key, relative to the config file. Both or neither.
+    ed25519_selector: str = ""
+    ed25519_key_file: str = ""
 
-    @field_validator("domain", "selector")
+    @field_validator("domain", "selector", "ed25519_selector")
     @classmethod
     def _valid_dns_name(cls, value: str) -> str:
         if value and not _DNS_NAME.fullmatch(value):
@@ -398,6 +403,14 @@ class DkimConfig(_Section):
             if missing:
                 verb = "is" if len(missing) == 1 else "are"
                 raise ValueError(f"{', '.join(missing)} {verb} required when dkim.enabled = true")
+            pair = {"ed25519_selector": self.ed25519_selector, "ed25519_key_file": self.ed25519_key_file}
+            given = [key for key, value in pair.items() if value.strip()]
+            if len(given) == 1:
+                other = next(key for key in pair if key not in given)
+                raise ValueError(f"dkim.{other} is required when dkim.{given[0]} is set")
+            # One selector publishes one key: the two signatures need two names.
+            if given and self.ed25519_selector.lower() == self.selector.lower():
+                raise ValueError("dkim.ed25519_selector must differ from dkim.selector")
         return self
 
 

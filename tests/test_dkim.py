@@ -1,9 +1,12 @@
-"""DKIM signing: real messages signed with a throw-away key, verified by dkimpy against a
-stubbed DNS record, and refused once a header or a body byte is changed."""
+"""DKIM signing: real messages signed with throw-away keys, verified by two implementations
+that share no code with the signer, dkimpy (Python) and Mail::DKIM (Perl), each with its key
+lookup pointed at the test key, and refused by both once a header or a body byte is changed."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import importlib.util
 import logging
 import os
 import re
@@ -21,13 +24,14 @@ from dkim.util import parse_tag_value
 from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.digest import build, manual_slot
-from mailer.dkim import SIGNED_HEADERS, DkimSigner
+from mailer.dkim import SIGNED_HEADERS, DkimSigner, _body_hash
 from mailer.errors import ConfigError
 from mailer.message import MessageTemplate, Recipient
 from mailer.models import utcnow
 from tests.conftest import SUBSCRIBERS, write_config
 
 DNS_NAME = b"mail._domainkey.example.org."
+ED25519_DNS_NAME = b"ed._domainkey.example.org."
 DKIM_SECTION = {"enabled": True, "domain": "example.org", "selector": "mail"}
 REQUIRED = [
     "from",
@@ -48,7 +52,13 @@ UNSUBSCRIBE_URL = "http://127.0.0.1:8080/unsubscribe/tok-zoe"
 class Key:
     path: Path
     pem: bytes
-    public_b64: str  # the DNS p= value: DER SubjectPublicKeyInfo, base64
+    # The DNS p= value: RSA, DER SubjectPublicKeyInfo; Ed25519, the bare 32 bytes (RFC 8463).
+    public_b64: str
+    kind: str = "rsa"
+
+    @property
+    def record(self) -> str:
+        return f"v=DKIM1; k={self.kind}; p={self.public_b64}"
 
 
 def _openssl(*args: str, input: bytes | None = None) -> bytes:
@@ -63,11 +73,26 @@ def _make_key(folder: Path, bits: int = 2048) -> Key:
     return Key(path, path.read_bytes(), base64.b64encode(der).decode())
 
 
+def _make_ed25519_key(folder: Path) -> Key:
+    path = folder / "dkim-ed25519.pem"
+    _openssl("genpkey", "-algorithm", "ed25519", "-out", str(path))
+    path.chmod(0o600)
+    der = _openssl("pkey", "-in", str(path), "-pubout", "-outform", "DER")
+    return Key(path, path.read_bytes(), base64.b64encode(der[-32:]).decode(), kind="ed25519")
+
+
 @pytest.fixture(scope="module")
 def rsa_key(tmp_path_factory: pytest.TempPathFactory) -> Key:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make a test key")
     return _make_key(tmp_path_factory.mktemp("dkim-key"))
+
+
+@pytest.fixture(scope="module")
+def ed25519_key(tmp_path_factory: pytest.TempPathFactory) -> Key:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test key")
+    return _make_ed25519_key(tmp_path_factory.mktemp("dkim-ed25519-key"))
 
 
 @pytest.fixture
@@ -78,13 +103,17 @@ def config_path(tmp_path: Path, rsa_key: Key, database_url: str) -> Path:
     )
 
 
-def dns_stub(key: Key, queried: list[bytes] | None = None) -> Callable[..., bytes | None]:
-    record = f"v=DKIM1; k=rsa; p={key.public_b64}".encode()
+def dns_stub(
+    key: Key, queried: list[bytes] | None = None, ed25519: Key | None = None
+) -> Callable[..., bytes | None]:
+    records = {DNS_NAME: key.record.encode()}
+    if ed25519 is not None:
+        records[ED25519_DNS_NAME] = ed25519.record.encode()
 
     def lookup(name: bytes, timeout: float = 5) -> bytes | None:
         if queried is not None:
             queried.append(name)
-        return record if name == DNS_NAME else None
+        return records.get(name)
 
     return lookup
 
@@ -107,10 +136,9 @@ def signer(cfg: Config) -> DkimSigner:
     return result
 
 
-def signature_tags(signed: bytes) -> dict[bytes, bytes]:
-    m = re.match(rb"DKIM-Signature:((?:[^\r\n]*\r\n[ \t])*[^\r\n]*)\r\n", signed)
-    assert m is not None
-    return parse_tag_value(re.sub(rb"\r\n[ \t]", b" ", m.group(1)).strip())
+def signature_tags(signed: bytes, index: int = 0) -> dict[bytes, bytes]:
+    fields = re.findall(rb"^DKIM-Signature:((?:[^\r\n]*\r\n[ \t])*[^\r\n]*)\r\n", signed, re.MULTILINE)
+    return parse_tag_value(re.sub(rb"\r\n[ \t]", b" ", fields[index]).strip())
 
 
 def test_a_signed_message_verifies_and_signs_every_required_header(
@@ -405,3 +433,378 @@ def test_delivered_mail_carries_a_valid_signature(
     for received in smtp_server.received:
         assert received.data.startswith(b"DKIM-Signature:")
         assert dkim.verify(received.data, dnsfunc=dns_stub(rsa_key))
+
+
+# --- a second implementation: Perl's Mail::DKIM -----------------------------------------
+
+# Reads the message on stdin and prints one line per signature: "signature A S RESULT".
+# The DNS is a stub resolver answering from the NAME=RECORD arguments (and printing each
+# query), handed to Mail::DKIM through its documented hook, Mail::DKIM::DNS::resolver.
+PERL_VERIFIER = r"""
+use strict;
+use warnings;
+use MIME::Base64 qw(decode_base64);
+use Mail::DKIM::Verifier;
+use Mail::DKIM::DNS;
+use Net::DNS;
+
+my %txt = map { my ($name, $record) = split /=/, $_, 2; (lc $name => $record) } @ARGV;
+
+package StubResolver {
+    sub new { return bless {}, shift }
+    sub errorstring { return 'NOERROR' }
+    sub send {
+        my ($self, $name, $type) = @_;
+        print "query $name $type\n";
+        my $packet = Net::DNS::Packet->new($name, $type);
+        my $record = $txt{lc $name};
+        if (defined $record && $type eq 'TXT') {
+            # A TXT record is strings of at most 255 octets, which DKIM joins.
+            my @strings = unpack '(a255)*', $record;
+            $packet->push(answer => Net::DNS::RR->new(name => $name, type => 'TXT', txtdata => [@strings]));
+        }
+        else {
+            $packet->header->rcode('NXDOMAIN');
+        }
+        return $packet;
+    }
+}
+Mail::DKIM::DNS::resolver(StubResolver->new);
+
+# Mail::DKIM before 1.20230630 (Debian 12 ships 1.20230212) checks RSA only. Teach it RFC 8463
+# as that release does: its own parsing, canonicalisation and SHA-256 hashing, exactly as for
+# rsa-sha256; the Ed25519 check by CryptX (libtomcrypt, not OpenSSL); p= the bare 32 bytes.
+package Ed25519Shim::Algorithm {
+    our @ISA = ('Mail::DKIM::Algorithm::rsa_sha256');
+    sub verify {
+        my $self = shift;
+        my $key = $self->signature->get_public_key;
+        my $signature = MIME::Base64::decode_base64($self->signature->data);
+        return unless $key->cork->verify_message($signature, $self->{header_digest}->digest);
+        return $self->check_body_hash;
+    }
+}
+package Ed25519Shim::Key {
+    sub new {
+        my ($class, $raw) = @_;
+        my $key = Crypt::PK::Ed25519->new;
+        $key->import_key_raw($raw, 'public');
+        return bless { key => $key }, $class;
+    }
+    sub size { return 32 }
+    sub verify_message { my $self = shift; return $self->{key}->verify_message(@_) }
+}
+if (!eval { require Mail::DKIM::Algorithm::ed25519_sha256; 1 }) {
+    require Crypt::PK::Ed25519;
+    require Mail::DKIM::Algorithm::rsa_sha256;
+    no warnings 'redefine';
+    my $class_of = \&Mail::DKIM::Signature::get_algorithm_class;
+    *Mail::DKIM::Signature::get_algorithm_class = sub {
+        return $_[1] eq 'ed25519-sha256' ? 'Ed25519Shim::Algorithm' : $class_of->(@_);
+    };
+    my $check = \&Mail::DKIM::PublicKey::check;
+    *Mail::DKIM::PublicKey::check = sub {
+        my $self = shift;
+        return $check->($self) unless ($self->get_tag('k') // '') eq 'ed25519';
+        my $raw = decode_base64($self->data // '');
+        die "invalid data\n" unless length $raw == 32;
+        $self->cork(Ed25519Shim::Key->new($raw));
+        return 1;
+    };
+}
+
+binmode STDIN;
+my $message = do { local $/; <STDIN> };
+my $dkim = Mail::DKIM::Verifier->new;
+$dkim->PRINT($message);
+$dkim->CLOSE;
+for my $signature ($dkim->signatures) {
+    printf "signature %s %s %s\n", $signature->algorithm, $signature->selector, $signature->result_detail;
+}
+"""
+
+
+@dataclass(frozen=True)
+class PerlVerdict:
+    results: dict[str, str]  # algorithm -> Mail::DKIM's result: "pass", "fail (...)", ...
+    queries: list[str]
+
+
+def perl_verify(message: bytes, keys: dict[str, Key]) -> PerlVerdict:
+    """Mail::DKIM's verdict on every signature of `message`; `keys` maps a selector of
+    example.org to the key published there."""
+    records = [f"{selector}._domainkey.example.org={key.record}" for selector, key in keys.items()]
+    run = subprocess.run(
+        ["perl", "-e", PERL_VERIFIER, *records], input=message, capture_output=True, check=True, timeout=60
+    )
+    results: dict[str, str] = {}
+    queries: list[str] = []
+    for line in run.stdout.decode().splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "signature":
+            algorithm, _, detail = rest.partition(" ")
+            assert algorithm not in results, line
+            results[algorithm] = detail.partition(" ")[2]  # after the selector
+        elif kind == "query":
+            queries.append(rest)
+    return PerlVerdict(results, queries)
+
+
+def _perl_has(check: str) -> bool:
+    if shutil.which("perl") is None:
+        return False
+    return subprocess.run(["perl", "-e", check], capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def perl_dkim() -> None:
+    if not _perl_has("use Mail::DKIM::Verifier; use Net::DNS;"):
+        pytest.skip("perl with Mail::DKIM is needed (Debian: libmail-dkim-perl; make system-deps)")
+
+
+@pytest.fixture(scope="module")
+def perl_ed25519(perl_dkim: None) -> None:
+    if not _perl_has(
+        "eval { require Mail::DKIM::Algorithm::ed25519_sha256; 1 } or require Crypt::PK::Ed25519"
+    ):
+        pytest.skip(
+            "Mail::DKIM checks ed25519 from 1.20230630 on; with an older one the test adds it and "
+            "needs CryptX (Debian: libcryptx-perl)"
+        )
+
+
+@pytest.fixture
+def dual_signer(tmp_path: Path, rsa_key: Key, ed25519_key: Key) -> DkimSigner:
+    section = {
+        **DKIM_SECTION,
+        "key_file": str(rsa_key.path),
+        "ed25519_selector": "ed",
+        "ed25519_key_file": str(ed25519_key.path),
+    }
+    result = DkimSigner.from_config(load_config(str(write_config(tmp_path, dkim=section))))
+    assert result is not None
+    return result
+
+
+def test_perl_mail_dkim_verifies_the_signature(
+    message: bytes, signer: DkimSigner, rsa_key: Key, perl_dkim: None
+) -> None:
+    verdict = perl_verify(signer.sign(message), {"mail": rsa_key})
+    assert verdict.results == {"rsa-sha256": "pass"}
+    assert verdict.queries == ["mail._domainkey.example.org TXT"]
+
+
+@pytest.mark.parametrize("change", list(TAMPERING))
+def test_tampering_fails_in_perl_mail_dkim_too(
+    message: bytes, signer: DkimSigner, rsa_key: Key, perl_dkim: None, change: str
+) -> None:
+    tampered = TAMPERING[change](signer.sign(message))
+    assert perl_verify(tampered, {"mail": rsa_key}).results["rsa-sha256"].startswith("fail")
+
+
+def test_a_wrong_published_key_fails_in_perl(
+    message: bytes, signer: DkimSigner, tmp_path: Path, perl_dkim: None
+) -> None:
+    other = _make_key(tmp_path)
+    assert perl_verify(signer.sign(message), {"mail": other}).results["rsa-sha256"].startswith("fail")
+
+
+def test_two_signatures_rsa_then_ed25519_both_verify_in_perl(
+    message: bytes, dual_signer: DkimSigner, rsa_key: Key, ed25519_key: Key, perl_ed25519: None
+) -> None:
+    signed = dual_signer.sign(message)
+
+    assert signed.endswith(message)
+    assert b"\n" not in signed.replace(b"\r\n", b""), "a bare LF in the signed message"
+    rsa, ed = signature_tags(signed, 0), signature_tags(signed, 1)
+    assert (rsa[b"a"], rsa[b"s"]) == (b"rsa-sha256", b"mail")
+    assert (ed[b"a"], ed[b"s"], ed[b"c"], ed[b"d"]) == (
+        b"ed25519-sha256",
+        b"ed",
+        b"relaxed/relaxed",
+        b"example.org",
+    )
+    assert ed[b"h"] == rsa[b"h"] and ed[b"bh"] == rsa[b"bh"]
+    assert len(base64.b64decode(re.sub(rb"\s", b"", ed[b"b"]))) == 64  # an Ed25519 signature
+
+    verdict = perl_verify(signed, {"mail": rsa_key, "ed": ed25519_key})
+    assert verdict.results == {"rsa-sha256": "pass", "ed25519-sha256": "pass"}
+    assert sorted(verdict.queries) == ["ed._domainkey.example.org TXT", "mail._domainkey.example.org TXT"]
+    # dkimpy checks the first (RSA) one, and its own index 1 needs PyNaCl (see below).
+    assert dkim.verify(signed, dnsfunc=dns_stub(rsa_key, ed25519=ed25519_key)) is True
+
+
+@pytest.mark.parametrize("change", ["subject", "one body byte", "a second subject"])
+def test_tampering_fails_both_signatures_in_perl(
+    message: bytes,
+    dual_signer: DkimSigner,
+    rsa_key: Key,
+    ed25519_key: Key,
+    perl_ed25519: None,
+    change: str,
+) -> None:
+    verdict = perl_verify(TAMPERING[change](dual_signer.sign(message)), {"mail": rsa_key, "ed": ed25519_key})
+    assert set(verdict.results) == {"rsa-sha256", "ed25519-sha256"}
+    for algorithm, result in verdict.results.items():
+        assert result.startswith("fail"), (algorithm, result)
+
+
+def test_a_wrong_published_ed25519_key_fails_in_perl(
+    message: bytes, dual_signer: DkimSigner, rsa_key: Key, tmp_path: Path, perl_ed25519: None
+) -> None:
+    verdict = perl_verify(dual_signer.sign(message), {"mail": rsa_key, "ed": _make_ed25519_key(tmp_path)})
+    assert verdict.results["rsa-sha256"] == "pass"
+    assert verdict.results["ed25519-sha256"].startswith("fail")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nacl") is None, reason="dkimpy checks ed25519 only with PyNaCl")
+def test_dkimpy_verifies_the_ed25519_signature(
+    message: bytes, dual_signer: DkimSigner, rsa_key: Key, ed25519_key: Key
+) -> None:
+    signed = dual_signer.sign(message)
+    stub = dns_stub(rsa_key, ed25519=ed25519_key)
+    assert dkim.DKIM(signed).verify(idx=1, dnsfunc=stub) is True
+    tampered = TAMPERING["subject"](signed)
+    assert dkim.DKIM(tampered).verify(idx=1, dnsfunc=stub) is False
+
+
+# --- canonicalisation off the fast path -------------------------------------------------
+
+# Bodies that MessageTemplate never writes, so that the general path is checked against
+# both verifiers: runs of spaces and tabs, spaces before line ends, empty lines at the end,
+# a bare LF, a body without a final line end, an empty body.
+ODD_BODIES = {
+    "spaces and tabs": b"Hello  there,\t\tworld \t \r\n\tindented  line\r\n",
+    "trailing spaces": b"line one   \r\nline two\t\r\n \r\n",
+    "empty lines at the end": b"text\r\n\r\n\r\n\r\n",
+    "a bare LF": b"first\nsecond\r\nthird  \n",
+    "no final line end": b"no line end",
+    "spaces, no final line end": b"last line \t ",
+    "only empty lines": b"\r\n\r\n",
+    "empty": b"",
+    "a bare CR": b"a\rb \rc\r\n",
+}
+
+
+def _odd_message(body: bytes) -> bytes:
+    head = (
+        b"From: Editor <digest@example.org>\r\n"
+        b"To: reader@example.com\r\n"
+        b"Subject:  Folded\r\n\t and   spaced  \r\n"
+        b"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        b"Message-ID: <odd@example.org>\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=us-ascii\r\n"
+    )
+    return head + b"\r\n" + body
+
+
+@pytest.mark.parametrize("name", list(ODD_BODIES))
+def test_odd_bodies_and_headers_verify_in_dkimpy_and_perl(
+    name: str, signer: DkimSigner, rsa_key: Key, perl_dkim: None
+) -> None:
+    signed = signer.sign(_odd_message(ODD_BODIES[name]))
+    # What a receiver gets: SMTP ends the data with a line end, and a relay stores and passes
+    # on lines, so a bare LF arrives as CRLF (dkimpy reads it so anyway; Mail::DKIM, given
+    # raw bytes, does not).
+    signed = re.sub(rb"\r?\n", b"\r\n", signed)
+    signed += b"" if signed.endswith(b"\r\n") else b"\r\n"
+    assert dkim.verify(signed, dnsfunc=dns_stub(rsa_key)) is True
+    assert perl_verify(signed, {"mail": rsa_key}).results == {"rsa-sha256": "pass"}
+
+
+@pytest.mark.parametrize("name", [n for n in ODD_BODIES if n != "spaces, no final line end"])
+def test_the_body_hash_is_dkimpys(name: str) -> None:
+    """The fast path and the general one against dkimpy's canonicalisation. (Not for spaces
+    ending a last line without a line end: dkimpy keeps them; RFC 6376 drops them, and so
+    does the receiver, since SMTP ends the data with a line end.)"""
+    from dkim.canonicalization import CanonicalizationPolicy
+
+    for body in (ODD_BODIES[name], b"QUJD\r\nREVG\r\n" + ODD_BODIES[name]):
+        message = _odd_message(body)
+        _, dkimpy_body = dkim.rfc822_parse(message)
+        expected = hashlib.sha256(
+            CanonicalizationPolicy.from_c_value(b"relaxed/relaxed").canonicalize_body(dkimpy_body)
+        )
+        text = re.sub(rb"\r?\n", b"\r\n", message)
+        assert _body_hash(text, text.index(b"\r\n\r\n") + 4) == expected.digest()
+
+
+# --- the ed25519 settings and key file --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ({"ed25519_key_file": "ed.pem"}, "dkim.ed25519_selector"),
+        ({"ed25519_selector": "ed"}, "dkim.ed25519_key_file"),
+        ({"ed25519_selector": "MAIL", "ed25519_key_file": "ed.pem"}, "dkim.ed25519_selector"),
+        ({"ed25519_selector": "ed;x=1", "ed25519_key_file": "ed.pem"}, "dkim.ed25519_selector"),
+    ],
+)
+def test_an_incomplete_ed25519_setting_is_refused_naming_the_key(
+    tmp_path: Path, extra: dict[str, str], key: str
+) -> None:
+    path = write_config(tmp_path, dkim={**DKIM_SECTION, "key_file": "dkim.pem", **extra})
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    line = str(err.value)
+    assert "\n" not in line
+    assert str(path) in line and key in line
+
+
+def test_the_ed25519_keys_can_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rsa_key: Key, ed25519_key: Key, message: bytes
+) -> None:
+    path = write_config(tmp_path, dkim={**DKIM_SECTION, "key_file": str(rsa_key.path)})
+    monkeypatch.setenv("MAILER_DKIM_ED25519_SELECTOR", "ed")
+    monkeypatch.setenv("MAILER_DKIM_ED25519_KEY_FILE", str(ed25519_key.path))
+    cfg = load_config(str(path))
+    assert (cfg.dkim.ed25519_selector, cfg.dkim.ed25519_key_file) == ("ed", str(ed25519_key.path))
+    signer = DkimSigner.from_config(cfg)
+    assert signer is not None and "ed25519_selector='ed'" in repr(signer)
+    assert signed_algorithms(signer.sign(message)) == [b"rsa-sha256", b"ed25519-sha256"]
+
+
+def signed_algorithms(signed: bytes) -> list[bytes]:
+    count = len(re.findall(rb"^DKIM-Signature:", signed, re.MULTILINE))
+    return [signature_tags(signed, i)[b"a"] for i in range(count)]
+
+
+@pytest.mark.parametrize("name", ["garbage", "rsa key", "public key", "encrypted", "missing"])
+def test_a_bad_ed25519_key_file_is_a_config_error_naming_it(
+    tmp_path: Path, rsa_key: Key, ed25519_key: Key, name: str
+) -> None:
+    bad = tmp_path / "bad.pem"
+    expect = "not a PEM Ed25519 private key"
+    if name == "garbage":
+        bad.write_bytes(b"this is not a key\n")
+    elif name == "rsa key":
+        bad.write_bytes(rsa_key.pem)
+    elif name == "public key":
+        bad.write_bytes(_openssl("pkey", "-in", str(ed25519_key.path), "-pubout"))
+    elif name == "encrypted":
+        bad.write_bytes(
+            _openssl("pkcs8", "-topk8", "-v2", "aes-256-cbc", "-passout", "pass:x", input=ed25519_key.pem)
+        )
+        expect = "encrypted"
+    else:
+        bad = tmp_path / "nowhere.pem"
+        expect = "cannot read"
+    if bad.exists():
+        bad.chmod(0o600)
+    section = {
+        **DKIM_SECTION,
+        "key_file": str(rsa_key.path),
+        "ed25519_selector": "ed",
+        "ed25519_key_file": str(bad),
+    }
+    cfg = load_config(str(write_config(tmp_path, dkim=section)))
+    with pytest.raises(ConfigError) as err:
+        DkimSigner.from_config(cfg)
+    line = str(err.value)
+    assert line.startswith(f"dkim.ed25519_key_file: {bad}: ") and expect in line
+    for chunk in re.findall(
+        rb"[A-Za-z0-9+/=]{16,}", ed25519_key.pem + (bad.read_bytes() if bad.exists() else b"")
+    ):
+        assert chunk.decode() not in line
