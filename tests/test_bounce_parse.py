@@ -18,7 +18,7 @@ from pathlib import Path
 import flufl.bounce as flufl_bounce
 import pytest
 
-from mailer.bounces import dsn
+from mailer.bounces import dsn, nonstandard
 from mailer.bounces.dsn import MAX_MESSAGE_BYTES, NOT_A_BOUNCE, Parsed, parse_mail
 from mailer.bounces.report import BounceKind, Source
 
@@ -388,10 +388,10 @@ def test_flufl_bounce_reads_only_the_top_of_a_big_bounce(monkeypatch: pytest.Mon
         seen.append(len(msg.as_bytes()))
         return flufl_bounce.all_failures(msg)
 
-    monkeypatch.setattr(dsn, "all_failures", all_failures)
+    monkeypatch.setattr(nonstandard, "all_failures", all_failures)
     data = sample("exim-two-failed.eml") + b"quoted\n" * 300_000
     assert [r.status for r in parse(data).reports] == ["5.1.1", "5.2.1"]
-    assert seen and max(seen) <= dsn.FLUFL_BYTES + 100  # the cut, give or take the From fix
+    assert seen and max(seen) <= nonstandard.FLUFL_BYTES + 100  # the cut, give or take the From fix
 
 
 def test_a_5_mb_attachment_inside_a_dsn_changes_nothing() -> None:

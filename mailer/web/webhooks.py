@@ -1,5 +1,6 @@
 """POST /webhooks/<provider>: the mail services' bounce and complaint events
-(mailer.bounces.webhooks says what each provider must prove, and what it means).
+(mailer.bounces.webhooks says what each provider must prove, and what it means;
+mailer.bounces.sns and mailer.bounces.providers, why that is enough).
 
 The view reads the raw body, since signatures are over the bytes as sent, and calls
 Webhooks.receive; it answers one line of plain text: 200 once everything in the request is
