@@ -12,12 +12,12 @@ from rich.table import Table
 
 from mailer.article_files import read_regular_file
 from mailer.articles import ArticleStore
-from mailer.cli.base import App, Listing, _json, cli, command, listing
+from mailer.cli.base import App, Listing, _json, command, listing
 from mailer.errors import InputError
 from mailer.models import Article
 
 
-@cli.group()
+@click.group()
 def articles() -> None:
     """Import, add, list, re-theme, pin, hold, edit and remove articles."""
 

@@ -1,8 +1,18 @@
 """The command line's frame: the App, errors as one line and exit 1, output helpers.
 
 Every command is "parse, one library call, print": the command modules of this package
-(`serve`, `articles`, `subscribers`, `digest`) register on `cli` and print with the
-helpers here.
+(`subscribers`, `articles`, `digest`...) define the commands and print with the helpers here.
+
+`cli` imports a command's module only when that command runs or shows its help (click's
+lazy-loading pattern, `LazyGroup`): `mailer --help` imports click and this module, nothing
+heavier, so that it starts in a fraction of the time SQLAlchemy's ORM, pydantic, rich and
+the delivery engine take to import. This holds because nothing here imports them at the
+top: the App loads the config and the database when a command first asks for them, the
+error handler imports mailer.errors once a command failed (the command already imported
+it), and rich is imported when something is printed through it. `mailer --help` still
+lists every command with its one-line help from `COMMANDS`, which
+tests/test_cli_startup.py keeps equal to each command's own docstring, and keeps the heavy
+modules out of `mailer --help`'s imports.
 
 A reader that closes stdout early (`mailer articles list | head -1`) is not an error: the
 command stops writing and exits with status 141 (128 + SIGPIPE, what a Unix tool killed by
@@ -13,6 +23,8 @@ default SIGPIPE would also kill `serve` and `digest send` on a socket the peer c
 from __future__ import annotations
 
 import functools
+import gc
+import importlib
 import json
 import logging
 import os
@@ -22,27 +34,31 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
-from mailer.config import Config, load_config
-from mailer.db import Database
-from mailer.errors import MailerError, database_os_problem, database_problem, is_dbapi_error
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mailer.config import Config
+    from mailer.db import Database
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Console(Console):
-    def on_broken_pipe(self) -> None:
-        # rich's own handling exits with status 1: a closed stdout is handled as everywhere.
-        _stdout_closed()
+@functools.cache
+def console() -> Console:
+    """The console tables are printed on (rich is imported by the first command that prints)."""
+    from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's own handling exits with status 1: a closed stdout is handled as everywhere.
+            _stdout_closed()
 
-out = _Console(highlight=False, soft_wrap=True)
+    return _Console(highlight=False, soft_wrap=True)
 
 
 class App:
@@ -56,12 +72,16 @@ class App:
     @property
     def cfg(self) -> Config:
         if self._cfg is None:
+            from mailer.config import load_config  # pydantic: only for commands that read the config
+
             self._cfg = load_config(self.config_path)
         return self._cfg
 
     @property
     def db(self) -> Database:
         if self._db is None:
+            from mailer.db import Database  # SQLAlchemy: only for commands that use the database
+
             db = Database(self.cfg.database_url)
             try:
                 db.migrate()
@@ -80,29 +100,42 @@ def handle_errors(fn: F) -> F:
         app = next((a for a in args if isinstance(a, App)), None)
         try:
             return fn(*args, **kwargs)
-        except MailerError as exc:
-            _fail(str(exc))
-        except BrokenPipeError as exc:
-            if _stdout_gone():
-                _stdout_closed()
-            _fail(exc.strerror or str(exc))  # some other pipe or socket
-        except SQLAlchemyError as exc:
-            _fail(database_problem(exc, _database_url(app)))
-        except OSError as exc:
-            # Only while the database is being opened (its folder created) can it be the culprit.
-            url = _database_url(app) if app is not None and app._db is None else None
-            where = f"{exc.filename}: " if exc.filename else ""
-            _fail((url and database_os_problem(exc, url)) or f"{where}{exc.strerror or exc}")
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:
-            # The driver's own exceptions, from raw DB-API connections (the delivery workers).
-            if not is_dbapi_error(exc):
+            if isinstance(exc, BrokenPipeError) and _stdout_gone():
+                _stdout_closed()
+            message = _problem(exc, app)
+            if message is None:
                 raise
-            _fail(database_problem(exc, _database_url(app)))
+            _fail(message)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _problem(exc: Exception, app: App | None) -> str | None:
+    """The one line for an error a user can cause or meet; None for a bug (a traceback)."""
+    # Imported once a command failed: it has imported them already, `mailer --help` need not.
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mailer.errors import MailerError, database_os_problem, database_problem, is_dbapi_error
+
+    if isinstance(exc, MailerError):
+        return str(exc)
+    if isinstance(exc, BrokenPipeError):
+        return exc.strerror or str(exc)  # some other pipe or socket (a closed stdout exited above)
+    if isinstance(exc, SQLAlchemyError):
+        return database_problem(exc, _database_url(app))
+    if isinstance(exc, OSError):
+        # Only while the database is being opened (its folder created) can it be the culprit.
+        url = _database_url(app) if app is not None and app._db is None else None
+        where = f"{exc.filename}: " if exc.filename else ""
+        return (url and database_os_problem(exc, url)) or f"{where}{exc.strerror or exc}"
+    if is_dbapi_error(exc):
+        # The driver's own exceptions, from raw DB-API connections (the delivery workers).
+        return database_problem(exc, _database_url(app))
+    return None
 
 
 def _database_url(app: App | None) -> str | None:
@@ -140,16 +173,98 @@ def _stdout_closed() -> NoReturn:
     sys.exit(STDOUT_CLOSED)
 
 
-def command(group: click.Group, name: str | None = None, **kw: Any) -> Callable[[F], F]:
-    """A subcommand that receives the App and turns MailerError into a one-line exit 1."""
+def command(group: click.Group | None, name: str | None = None, **kw: Any) -> Callable[[F], F]:
+    """A subcommand that receives the App and turns MailerError into a one-line exit 1; with
+    no group, a top-level command, which `COMMANDS` names for `cli`."""
 
     def decorate(fn: F) -> F:
-        return group.command(name, **kw)(click.pass_obj(handle_errors(fn)))  # type: ignore[return-value]
+        make = click.command if group is None else group.command
+        return make(name, **kw)(click.pass_obj(handle_errors(fn)))  # type: ignore[return-value]
 
     return decorate
 
 
-@click.group()
+# Every top-level command: where it lives ("module:attribute") and its one-line help as
+# `mailer --help` lists it, so that listing them imports none (a test keeps each equal to
+# the first paragraph of its command's docstring).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "articles": (
+        "mailer.cli.articles:articles",
+        "Import, add, list, re-theme, pin, hold, edit and remove articles.",
+    ),
+    "bounces": (
+        "mailer.cli.bounces:bounces",
+        "Bounces and spam complaints received (VERP, the bounce mailbox or MX, webhooks).",
+    ),
+    "digest": ("mailer.cli.digest:digest", "Preview, send and inspect digests."),
+    "feeds": ("mailer.cli.feeds:feeds", "Add, list, remove and poll RSS and Atom feeds."),
+    "init": (
+        "mailer.cli.serve:init_cmd",
+        "Create or upgrade the database (and optionally load the demo data).",
+    ),
+    "schedule": (
+        "mailer.cli.schedule:schedule",
+        "Print the next send times in the configured time zone (`schedule skip`: skip the next).",
+    ),
+    "serve": (
+        "mailer.cli.serve:serve_cmd",
+        "Run the scheduler, the web server and (if configured) the mail catcher.",
+    ),
+    "settings": ("mailer.cli.serve:settings", "The settings every instance on one database must agree on."),
+    "subscribers": (
+        "mailer.cli.subscribers:subscribers",
+        "Add, import, export, list, unsubscribe and forget subscribers.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands in `lazy_commands` are imported when first looked up (to run
+    one, or show its help), and listed in the help from the help text given with them."""
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands
+        self.collector_held = False  # main() holds it back until the command is resolved
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            module, attr = self.lazy_commands[cmd_name][0].split(":")
+            cmd = getattr(importlib.import_module(module), attr)
+            if not isinstance(cmd, click.Command):
+                raise TypeError(f"{module}:{attr} is not a click command")
+            self.add_command(cmd, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        resolved = super().resolve_command(ctx, args)  # imports the command: see main()
+        if self.collector_held:
+            self.collector_held = False
+            gc.freeze()
+            gc.enable()
+        return resolved
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Click's list of commands, a command not imported yet listed from its given help."""
+        listed = [(name, self._listed(ctx, name)) for name in self.list_commands(ctx)]
+        rows = [(name, cmd) for name, cmd in listed if cmd is not None and not cmd.hidden]
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
+
+    def _listed(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands or name not in self.lazy_commands:
+            return self.get_command(ctx, name)
+        return click.Command(name, help=self.lazy_commands[name][1])  # shortened as click does
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS)
 @click.option(
     "--config",
     "config_path",
@@ -196,7 +311,7 @@ def listing(fn: Callable[..., Listing]) -> Callable[..., None]:
         if as_json:
             _json(result.records)
         else:
-            out.print(result.table)
+            console().print(result.table)
             click.echo(result.footer)
         for line in result.errors:
             click.echo(f"error: {line}", err=True)
@@ -254,7 +369,18 @@ def _when(value: datetime | None, cfg: Config) -> str:
 
 
 def main() -> None:
-    """Run the CLI; usage errors too are one line on stderr and exit status 1."""
+    """Run the CLI; usage errors too are one line on stderr and exit status 1.
+
+    Importing a command's modules makes over a hundred thousand objects that live as long
+    as the process (modules, classes, functions, SQLAlchemy's and pydantic's own tables):
+    the cyclic collector's passes over them, while they are made, later and at exit, free
+    nothing and cost about a fifth of a short command's time. So the collector is off until
+    `cli` has resolved (imported) the command, then what exists is frozen (gc.freeze: left
+    out of every later pass; the gc module's documented disable, freeze, enable) and the
+    collector runs for what the command itself makes. The tests' in-process runs do not come
+    through here and keep the collector as it was."""
+    gc.disable()
+    cli.collector_held = True
     try:
         try:
             cli.main(prog_name="mailer", standalone_mode=False)

@@ -10,11 +10,11 @@ from rich.table import Table
 from mailer.bounces import ledger
 from mailer.bounces.mailbox import poll_mailbox
 from mailer.bounces.report import BounceKind
-from mailer.cli.base import App, Listing, _when, cli, command, listing
+from mailer.cli.base import App, Listing, _when, command, listing
 from mailer.errors import InputError
 
 
-@cli.group()
+@click.group()
 def bounces() -> None:
     """Bounces and spam complaints received (VERP, the bounce mailbox or MX, webhooks)."""
 

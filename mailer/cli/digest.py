@@ -14,15 +14,15 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from mailer import campaign, delivery, notes, progress, shared_settings
 from mailer import digest as digests
+from mailer import notes, shared_settings
 from mailer.article_files import read_regular_file
-from mailer.cli.base import App, Listing, _json, _when, cli, command, listing
+from mailer.cli.base import App, Listing, _json, _when, command, listing
 from mailer.errors import InputError
 from mailer.models import utcnow
 
 
-@cli.group()
+@click.group()
 def digest() -> None:
     """Preview, send and inspect digests."""
 
@@ -103,6 +103,8 @@ def digest_send(app: App, now_flag: bool, to: str | None) -> None:
     """Send the digest now, or a test copy."""
     if now_flag == (to is not None):
         raise InputError("give exactly one of --now or --to EMAIL")
+    from mailer import campaign, delivery, progress  # the delivery engine: the commands that send
+
     cfg = app.cfg
     if to is not None:
         sent = delivery.send_test_copy(app.db, cfg, to)
@@ -163,6 +165,8 @@ def digest_list(app: App) -> Listing:
 @click.option("--json", "as_json", is_flag=True)
 def digest_status(app: App, digest_id: int | None, as_json: bool) -> None:
     """Where a digest's delivery stands: queued, sent, retrying, failed, bounced, errors."""
+    from mailer import delivery  # the package brings the engine: not for `list` or `preview`
+
     st = delivery.status_of(app.db, digest_id)
     if as_json:
         back = st.returned
@@ -209,6 +213,8 @@ def digest_status(app: App, digest_id: int | None, as_json: bool) -> None:
 @click.argument("digest_id", type=int)
 def digest_retry(app: App, digest_id: int) -> None:
     """Put a digest's failed deliveries back in the queue (active subscribers only)."""
+    from mailer import delivery  # the package brings the engine: not for `list` or `preview`
+
     n = delivery.retry_failed(app.db, digest_id)
     click.echo(f"{n} failed deliveries of digest id {digest_id} queued again")
     if n:

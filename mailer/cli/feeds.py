@@ -8,12 +8,12 @@ from typing import Any
 import click
 from rich.table import Table
 
-from mailer.cli.base import App, Listing, _when, cli, command, listing
-from mailer.feeds import poll, sources
+from mailer.cli.base import App, Listing, _when, command, listing
+from mailer.feeds import sources
 from mailer.models import Feed
 
 
-@cli.group()
+@click.group()
 def feeds() -> None:
     """Add, list, remove and poll RSS and Atom feeds."""
 
@@ -97,6 +97,8 @@ def feeds_poll(app: App) -> Listing:
         # The table and the error lines say it all; the poll's log lines are for the
         # service's log, or for -v.
         logging.getLogger("mailer.feeds").setLevel(logging.ERROR)
+    from mailer.feeds import poll  # feedparser, lxml and the extractor: `poll` alone needs them
+
     reports = poll.poll(app.db, app.cfg, due_only=False)
     table = Table("id", "name", "http", "imported", "known", "too old", "duplicates", "problem", box=None)
     for r in reports:

@@ -10,11 +10,11 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailer import demo, shared_settings
-from mailer.cli.base import App, cli, command
+from mailer.cli.base import App, command
 from mailer.errors import database_problem
 
 
-@command(cli, "init")
+@command(None, "init")
 @click.option(
     "--demo", "with_demo", is_flag=True, help="A new database also gets seeds/ and three demo readers."
 )
@@ -28,7 +28,7 @@ def init_cmd(app: App, with_demo: bool) -> None:
             click.echo(line)
 
 
-@command(cli, "serve")
+@command(None, "serve")
 @click.option(
     "--demo", "with_demo", is_flag=True, help="A new database first gets seeds/ and three demo readers."
 )
@@ -65,7 +65,7 @@ def wait_for_database(app: App) -> bool:
             time.sleep(wait)
 
 
-@cli.group()
+@click.group()
 def settings() -> None:
     """The settings every instance on one database must agree on."""
 

@@ -4,6 +4,10 @@
 (a script, a pipe) it refuses unless given --yes. `export --out FILE` writes a temporary
 file beside FILE and renames it into place: FILE is the whole export or untouched, and
 (holding people's addresses) readable by its owner only, as mkstemp creates it.
+
+Only `add --confirm` (the confirmation mail) and `show` (the bounce ledger) import the mail
+and bounce machinery, when they run: `list` and the others start without it (issue 13;
+tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
@@ -19,16 +23,14 @@ from typing import TextIO
 import click
 from rich.table import Table
 
-from mailer import notices, signup
-from mailer.bounces import ledger
-from mailer.cli.base import App, Detail, Listing, _when, cli, command, detail, json_text, listing
+from mailer.cli.base import App, Detail, Listing, _when, command, detail, json_text, listing
 from mailer.errors import InputError
 from mailer.models import utcnow
 from mailer.subscriber_io import record, write_csv
 from mailer.subscribers import STATUSES, SubscriberStore, normalise_email
 
 
-@cli.group()
+@click.group()
 def subscribers() -> None:
     """Add, import, export, list, unsubscribe and forget subscribers."""
 
@@ -44,6 +46,8 @@ def subscribers() -> None:
 def subscribers_add(app: App, email: str, name: str, confirm: bool) -> None:
     """Add one subscriber (syntax-checked, no DNS look-up)."""
     if confirm:
+        from mailer import notices, signup  # the mail's rendering and SMTP: --confirm only
+
         kind = signup.request(app.db, app.cfg, signup.Signup(email, name), None, utcnow())
         sent = notices.send_due(app.db, app.cfg)
         what = "a confirmation" if kind == notices.CONFIRM else "'already subscribed' (nothing to confirm)"
@@ -143,6 +147,8 @@ def subscribers_list(app: App, status: str | None) -> Listing:
 @detail
 def subscribers_show(app: App, email: str) -> Detail:
     """One subscriber in full, with the consent record of a web sign-up."""
+    from mailer.bounces import ledger  # the bounce machinery: `show` alone among these
+
     sub = SubscriberStore(app.db).get(email)
     rec = record(sub)
     soft = ledger.soft_bounce_count(app.db, sub.id)
