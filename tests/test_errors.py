@@ -90,7 +90,9 @@ def test_a_read_only_disk_is_named_with_the_database_file_and_the_cause(
 
 def test_a_folder_without_write_permission_is_named(tmp_path: Path) -> None:
     # As root nothing is ever denied, so the command drops to nobody once it has imported
-    # what it needs (the interpreter's own files may be out of nobody's reach).
+    # what it needs (the interpreter's own files may be out of nobody's reach): the command's
+    # module (`mailer.cli` imports it only when it runs) and what loading the config and
+    # opening the database import on their way.
     with tempfile.TemporaryDirectory() as t:
         folder = Path(t)
         folder.chmod(0o755)
@@ -99,7 +101,8 @@ def test_a_folder_without_write_permission_is_named(tmp_path: Path) -> None:
         config = config_for(folder, locked / "mailer.db")
         config.chmod(0o644)
         drop = "os.setegid(65534); os.seteuid(65534)" if os.geteuid() == 0 else "pass"
-        code = f"import os, sqlite3, sys; from mailer.cli import main; {drop}; sys.argv[0] = 'mailer'; main()"
+        needs = "sqlite3, mailer.cli.articles, mailer.scheduler, email_validator, sqlalchemy.dialects.sqlite"
+        code = f"import os, sys, {needs}; from mailer.cli import main; {drop}; sys.argv[0] = 'mailer'; main()"
         proc = subprocess.run(
             [sys.executable, "-c", code, "--config", str(config), "articles", "list"], **RUN
         )
