@@ -58,7 +58,10 @@ def upgrade() -> None:
         sa.Column("article_id", sa.Integer(), nullable=True),
         sa.Column("seen_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["article_id"], ["articles.id"], name=op.f("fk_feed_items_article_id_articles"), ondelete="SET NULL"
+            ["article_id"],
+            ["articles.id"],
+            name=op.f("fk_feed_items_article_id_articles"),
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
             ["feed_id"], ["feeds.id"], name=op.f("fk_feed_items_feed_id_feeds"), ondelete="CASCADE"

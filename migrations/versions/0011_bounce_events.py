@@ -67,9 +67,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bounce_events")),
         sa.UniqueConstraint("source", "event_id", name=op.f("uq_bounce_events_source")),
     )
-    op.create_index(
-        op.f("ix_bounce_events_delivery_id"), "bounce_events", ["delivery_id"], unique=False
-    )
+    op.create_index(op.f("ix_bounce_events_delivery_id"), "bounce_events", ["delivery_id"], unique=False)
     op.create_index(
         "ix_bounce_events_subscriber", "bounce_events", ["subscriber_id", "received_at"], unique=False
     )
