@@ -192,6 +192,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mailer.cli.articles:articles",
         "Import, add, list, re-theme, pin, hold, edit and remove articles.",
     ),
+    "backup": (
+        "mailer.cli.backup:backup_cmd",
+        "Back up the database to FILE, even while the service runs.",
+    ),
     "bounces": (
         "mailer.cli.bounces:bounces",
         "Bounces and spam complaints received (VERP, the bounce mailbox or MX, webhooks).",
@@ -201,6 +205,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": (
         "mailer.cli.serve:init_cmd",
         "Create or upgrade the database (and optionally load the demo data).",
+    ),
+    "restore": (
+        "mailer.cli.backup:restore_cmd",
+        "Replace the database with a backup made by `mailer backup`.",
     ),
     "schedule": (
         "mailer.cli.schedule:schedule",
