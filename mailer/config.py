@@ -37,6 +37,7 @@ from mailer.settings import (
     DigestConfig,
     DkimConfig,
     FeedsConfig,
+    LogConfig,
     ScheduleConfig,
     Settings,
     SignupConfig,
@@ -112,6 +113,10 @@ class Config:
     @property
     def bounces(self) -> BouncesConfig:
         return self.settings.bounces
+
+    @property
+    def log(self) -> LogConfig:
+        return self.settings.log
 
     @property
     def themes(self) -> list[ThemeConfig]:

@@ -34,7 +34,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 from waitress.server import create_server
 
-from mailer import campaign, demo, progress, signup
+from mailer import campaign, demo, metrics, progress, signup
 from mailer.bounces.mailbox import poll_mailbox
 from mailer.bounces.receiver import BounceReceiver, start_receiver
 from mailer.catcher import MailCatcher
@@ -91,6 +91,7 @@ class Service:
     def __init__(self, db: Database, cfg: Config) -> None:
         self.db = db
         self.config = ConfigInForce(cfg)  # the one place the current config is kept
+        self.started = time.time()  # the up-time /metrics reports (mailer.metrics)
         self.stop = threading.Event()
         self._lock = threading.Lock()  # one tick at a time in this process
         self.catcher: MailCatcher | None = None
@@ -269,6 +270,10 @@ class Service:
             next_run_time=datetime.now(cfg.zone),
         )
         self.scheduler.start()
+        # /healthz checks this scheduler, and /metrics reports this service's up-time.
+        self.app.extensions[metrics.HEALTH_KEY] = metrics.ServiceHealth(
+            self.started, self.scheduler, "resume", RESUME_EVERY
+        )
         if self.watcher is not None:
             self.watcher.start()
 

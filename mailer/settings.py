@@ -417,6 +417,12 @@ class DkimConfig(_Section):
         return self
 
 
+class LogConfig(_Section):
+    # "plain": `time LEVEL logger: message` lines; "json": one JSON object per line (time,
+    # level, logger, message, exc_info) for log shippers. Read when `mailer serve` starts.
+    format: Literal["plain", "json"] = "plain"
+
+
 class ThemeConfig(_Section):
     slug: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
     name: str
@@ -445,6 +451,7 @@ class Settings(BaseSettings):
     dkim: DkimConfig = DkimConfig()
     feeds: FeedsConfig = FeedsConfig()
     bounces: BouncesConfig = BouncesConfig()
+    log: LogConfig = LogConfig()
     themes: list[ThemeConfig] = Field(
         default_factory=lambda: [ThemeConfig(slug="other", name="More news", fallback=True)]
     )

@@ -1,10 +1,18 @@
-"""Setting up and running: init, serve, settings (`schedule` is in mailer.cli.schedule)."""
+"""Setting up and running: init, serve, settings (`schedule` is in mailer.cli.schedule).
+
+`mailer serve` with `[log] format = "json"` writes its log as one JSON object per line
+(JsonLogFormatter) on stderr, where `cli` set up the plain lines: the formatter is swapped
+on the root logger's handlers once the config has loaded, before the first line of the
+service (its wait for the database included). A reload does not change it (a restart does).
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
+from datetime import UTC, datetime
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,12 +45,33 @@ def serve_cmd(app: App, with_demo: bool) -> None:
     from mailer import service
 
     logging.getLogger().setLevel(logging.INFO)
+    if app.cfg.log.format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLogFormatter())
     new = wait_for_database(app)
     shared_settings.check(app.db, app.cfg)
     if with_demo:
         for line in demo.load(app.db, app.cfg, new):
             click.echo(line)
     service.serve(app.db, app.cfg)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record, on one line: time (ISO 8601, UTC), level, logger,
+    message, and exc_info (the traceback's text) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, str] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(line, ensure_ascii=False)
 
 
 DATABASE_BACKOFF_SECONDS = [1, 2, 5, 10, 30]

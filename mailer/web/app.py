@@ -46,6 +46,7 @@ from mailer.render import template_environment
 from mailer.tokens import Tokens, load_secret
 from mailer.unsubscribe_outbox import Busy, Outbox, outbox_folder
 from mailer.web import MAX_BODY_BYTES, access, archive, editor, public, subscribe, webhooks
+from mailer.web import metrics as metrics_page
 from mailer.web.subscription import InvalidLink, Subscriptions
 
 CROSS_SITE = "This form was sent from another web site, so nothing was changed."
@@ -132,6 +133,7 @@ def create_app(db: Database, config: Config | ConfigInForce) -> Flask:
     app.register_blueprint(subscribe.blueprint(db, cfg, Tokens(secret), sender))
     app.register_blueprint(editor.blueprint(db, cfg, secret))
     app.register_blueprint(webhooks.blueprint(db, cfg, Tokens(secret)))
+    app.register_blueprint(metrics_page.blueprint(db))  # an editor's page: not in PUBLIC_BLUEPRINTS
     _request_rules(app, cfg)
     _error_pages(app, db)
     app.wsgi_app = _reads_never_wait(app.wsgi_app, db)  # type: ignore[method-assign]

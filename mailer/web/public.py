@@ -8,17 +8,25 @@ nothing unsent. It names the source as readers know it (mailer.articles.source_n
 the file an article was imported from. A GET never changes anything (link scanners fetch
 URLs): the unsubscribe page shows one button that POSTs; /unsubscribe without a token is
 where the archive's copy of an issue links instead of a reader's own page.
+
+/healthz answers a plain request "ok" while the process serves (a liveness probe, kept
+through a database outage), and a request for JSON (Accept: application/json, or
+?format=json) with mailer.metrics.health's checks, 503 when one is unhealthy; which check
+failed is public, its detail (a database or relay error) only the editor's.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, render_template, request
+import json
 
-from mailer import archive
+from flask import Blueprint, Response, abort, current_app, render_template, request
+from werkzeug.datastructures import MIMEAccept
+
+from mailer import archive, metrics
 from mailer.articles import is_http_url, source_name
 from mailer.config import Config
 from mailer.db import Database
-from mailer.models import Article
+from mailer.models import Article, utcnow
 from mailer.render import PREVIEW_UNSUBSCRIBE, lead_of
 from mailer.themes import Themes
 from mailer.web import access
@@ -36,12 +44,26 @@ def readable_article(db: Database, article_id: int, editor: bool) -> Article | N
     return a if a is not None and (a.is_sent or editor) else None
 
 
+def _wants_json(accept: MIMEAccept) -> bool:
+    """The client prefers JSON to plain text (`Accept: application/json`)."""
+    return accept.best_match(["text/plain", "application/json"], default="text/plain") == "application/json"
+
+
 def blueprint(db: Database, cfg: Config, subscriptions: Subscriptions) -> Blueprint:
     bp = Blueprint("public", __name__)
 
     @bp.get("/healthz")
     def health() -> Response:
-        return Response("ok\n", mimetype="text/plain")
+        # Plain: the process answers (a liveness probe: it must not fail while the database
+        # restarts, which restarting us would not fix). JSON: the checks, 503 when one fails.
+        if request.args.get("format") != "json" and not _wants_json(request.accept_mimetypes):
+            return Response("ok\n", mimetype="text/plain")
+        report = metrics.health(db, current_app.extensions.get(metrics.HEALTH_KEY), utcnow())
+        return Response(
+            json.dumps(report.as_json(details=access.is_editor(cfg, request)), indent=2) + "\n",
+            200 if report.ok else 503,
+            mimetype="application/json",
+        )
 
     @bp.get("/favicon.svg")
     @bp.get("/favicon.ico")  # where browsers look on a page that links none (a mail's own HTML)
