@@ -34,6 +34,7 @@ CONFIG_SETTLE = 0.2  # a file still changing after this is looked at again at th
 RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "web": ("host", "port"),
     "bounces": ("listen",),
+    "log": ("format",),  # the service's log handler is set up once, at start
     "catcher": ("enabled", "host", "port", "folder"),
     "database": ("url",),
 }
