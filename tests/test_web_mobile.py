@@ -175,7 +175,8 @@ PAGES = [
     Shown("archived issue", ("archive.issue",), goto("/archive/1"), "mail"),
 ]
 # Routes that answer with something other than a page.
-NOT_PAGES = {"public.favicon", "archive.feed", "webhooks.receive"}  # no page: a file, a feed, a POST
+# No page to fit on a phone: a file, a feed, a POST, Prometheus' text.
+NOT_PAGES = {"public.favicon", "archive.feed", "webhooks.receive", "metrics.scrape"}
 
 
 # ---------------------------------------------------------------- the site
