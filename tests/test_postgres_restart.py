@@ -209,6 +209,10 @@ def test_a_page_that_needs_the_database_answers_503_with_one_log_line_while_the_
     finally:
         err = _stop_service(serve)
     failures = [line for line in err.splitlines() if f"database {pg.url()}: " in line]
-    assert len(failures) == 1, err
+    # The page's one line; a scheduled job (the minute's tick, the feed poll) that met the
+    # stop logs its own single line, and is retried at the next tick.
+    pages = [line for line in failures if "mailer.web.app" in line]
+    assert len(pages) == 1, err
+    assert all(line.endswith("retried at the next tick") for line in failures if line not in pages), err
     assert "Traceback" not in err, err
     assert during == 503
