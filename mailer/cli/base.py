@@ -205,6 +205,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Bounces and spam complaints received (VERP, the bounce mailbox or MX, webhooks).",
     ),
     "digest": ("mailer.cli.digest:digest", "Preview, send and inspect digests."),
+    "doctor": ("mailer.cli.doctor:doctor_cmd", "Check the sending setup before anything is sent."),
     "feeds": ("mailer.cli.feeds:feeds", "Add, list, remove and poll RSS and Atom feeds."),
     "init": (
         "mailer.cli.serve:init_cmd",
