@@ -3,17 +3,33 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: run test test-sqlite postgres install install-test system-deps email-check lint bench clean
+.PHONY: run test test-sqlite postgres install install-test lock system-deps email-check lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# The dependencies come from the lock files, every version pinned and every file checked
+# against its hash; then mailer itself, without dependencies (they are all in the lock).
 install: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --require-hashes -r requirements-test.lock
+	$(BIN)/pip install -q --no-deps -e .
+
+# Rewrite both lock files from pyproject.toml (after editing its dependencies; commit all
+# three). Versions already locked are kept where they still fit; `make lock UPGRADE=1`
+# moves every package to its newest release. Linux, Python 3.11, with hashes.
+UV_VERSION = 0.13.9
+LOCK = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes \
+	--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock: $(BIN)/python
+	$(BIN)/pip install -q uv==$(UV_VERSION)
+	$(LOCK) --output-file requirements.lock
+	$(LOCK) --extra test --output-file requirements-test.lock
 
 # Debian's packages the tests use as real peers: Chromium for the browser tests
 # (Playwright drives it; it downloads nothing), Postfix, a real relay that pipelines,
