@@ -259,8 +259,7 @@ class SmtpConnection:
             return Result(Outcome.FATAL, f"MAIL FROM: sender address {sender!r} is not usable")
         if not _plain_address(recipient):
             return Result(Outcome.PERMANENT, f"recipient address {recipient!r} is not usable (not sent)")
-        # Dot-stuffing (RFC 5321 4.5.2) in C: a no-op for our base64 bodies.
-        data = (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
+        data = _dot_stuffed(data)
         commands = [f"MAIL FROM:<{sender}>", f"RCPT TO:<{recipient}>", "DATA"]
         stop: Result | None = None
         if conn.has_extn("pipelining"):
@@ -313,6 +312,27 @@ class SmtpConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The message with every line that starts with "." given one more (RFC 5321 4.5.2).
+
+    Our bodies are base64 and our headers fold with a space, so there is almost never
+    such a line. Finding out is what costs: a substring search for CRLF "." takes ~50 us
+    over a 78 KB message (the CR matches at every line end), while looking at the few
+    dots (memchr: base64 has none) takes ~1 us. A message full of dots (a text body not in
+    base64) is stuffed without looking: past _DOTS_LOOKED_AT the search is the cheaper."""
+    at = data.find(b".")
+    for _ in range(_DOTS_LOOKED_AT):
+        if at == -1:
+            return data
+        if at == 0 or data[at - 2 : at] == b"\r\n":  # a line starts with "."
+            break
+        at = data.find(b".", at + 1)
+    return (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
+
+
+_DOTS_LOOKED_AT = 200
 
 
 def _plain_address(address: str) -> bool:

@@ -796,6 +796,11 @@ def test_a_session_that_cannot_reset_is_dropped_and_the_next_message_opens_anoth
     [
         b".first line starts with a dot\r\nmiddle\r\n.\r\n..two dots\r\nlast line\r\n",
         b"no final line break\r\n.dot",
+        # Dots only inside lines, then one at a line start: after 300 dots (past the
+        # ones looked at one by one) and after 3 (found by looking).
+        b"Subject: a.b\r\n\r\n" + b"x." * 300 + b"\r\n.starts\r\n",
+        b"Subject: a.b\r\n\r\nx.y.z\r\n.starts\r\n",
+        b"Subject: a.b\r\n\r\nno line starts with a dot. x.y\r\n",
     ],
 )
 def test_the_message_is_dot_stuffed_and_ended_once(peers: Callable[..., Peer], data: bytes) -> None:
