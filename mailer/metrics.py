@@ -305,6 +305,17 @@ class Health:
         checks = self.checks if details else {k: {"status": v["status"]} for k, v in self.checks.items()}
         return {"status": "ok" if self.ok else "unhealthy", "checks": checks}
 
+    def as_text(self, details: bool = True) -> str:
+        """"ok", or "unhealthy: relay" naming the failed checks, then with `details` one
+        "name: detail" line for each."""
+        failed = [name for name, c in self.checks.items() if c["status"] == "unhealthy"]
+        if not failed:
+            return "ok\n"
+        lines = [f"unhealthy: {', '.join(failed)}"]
+        if details:
+            lines += [f"{name}: {self.checks[name].get('detail', '')}" for name in failed]
+        return "\n".join(lines) + "\n"
+
 
 def health(db: Database, service: ServiceHealth | None, now: datetime) -> Health:
     """The database, the scheduler and the relay, each checked (see the module docstring)."""

@@ -4,9 +4,9 @@ real SMTP server, and a real `mailer serve` for the scheduler check and the log 
 
 /metrics is read with prometheus_client's own parser, and its numbers are the database's:
 deliveries by status, the send rate, the last digest, its bounce and complaint rates,
-feeds by result. It is an editor's page (the password off loopback). /healthz answers a
-plain request "ok" (a liveness probe) and a request for JSON with its checks, 503 naming
-the database when the database cannot be opened and the relay when a digest is in back-off.
+feeds by result. It is an editor's page (the password off loopback). /healthz answers
+"ok", or 503 naming the database when the database cannot be opened and the relay when a
+digest is in back-off, as text or JSON; /livez only says the process serves.
 """
 
 from __future__ import annotations
@@ -238,7 +238,11 @@ def test_healthz_names_the_relay_while_a_digest_waits_out_its_back_off(tmp_path:
         assert body["checks"]["relay"]["detail"].startswith("issue 1 waits for the relay until ")
         assert scrape(web)[("mailer_relay_backoff", ())] == 1
         assert scrape(web)[("mailer_queue_depth", ())] == 1
-        assert web.get("/healthz").body == "ok\n"  # the liveness answer is the process's
+        plain = web.get("/healthz")  # as text: the failed check named, then its detail
+        assert plain.status == 503
+        assert plain.body.splitlines()[:1] == ["unhealthy: relay"]
+        assert plain.body.splitlines()[1] == f"relay: {body['checks']['relay']['detail']}"
+        assert web.get("/livez").body == "ok\n"  # the liveness answer is the process's
     finally:
         web.close()
         db.dispose()
@@ -263,7 +267,9 @@ def test_healthz_names_the_database_when_it_cannot_be_opened(tmp_path: Path, smt
         got = scrape(web)  # still answers: the up-time, and that the database did not
         assert got[("mailer_database_up", ())] == 0
         assert "mailer_deliveries" not in {name for name, _ in got}
-        assert web.get("/healthz").status == 200  # plain: the process is alive
+        plain = web.get("/healthz")
+        assert plain.status == 503 and plain.body.startswith("unhealthy: database\n")
+        assert web.get("/livez").status == 200  # the process is alive
     finally:
         web.close()
         db.dispose()
@@ -322,3 +328,20 @@ def test_mailer_serve_logs_json_lines_and_its_scheduler_is_checked(
     assert lines and all(set(line) >= {"time", "level", "logger", "message"} for line in lines), lines
     assert {"level": "INFO", "logger": "mailer.service", "message": "stopped"}.items() <= lines[-1].items()
     assert lines[-1]["time"].endswith("+00:00")
+
+
+def test_healthz_text_names_the_failed_checks_and_gives_their_detail_to_the_editor() -> None:
+    report = metrics.Health()
+    report.add("database", "ok")
+    report.add("scheduler", "unhealthy", "the minute job is 5 minutes overdue")
+    report.add("relay", "unhealthy", "issue 1 waits for the relay")
+    assert report.as_text(details=False) == "unhealthy: scheduler, relay\n"
+    assert report.as_text() == (
+        "unhealthy: scheduler, relay\n"
+        "scheduler: the minute job is 5 minutes overdue\n"
+        "relay: issue 1 waits for the relay\n"
+    )
+    healthy = metrics.Health()
+    healthy.add("database", "ok")
+    healthy.add("scheduler", "skipped", "not `mailer serve`")
+    assert healthy.as_text() == "ok\n"

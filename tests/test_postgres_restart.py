@@ -6,7 +6,7 @@ What must hold: the command that was sending either finishes or ends with one li
 stderr naming the database and the problem (no traceback); nothing is lost (a second
 `digest send --now` finishes the digest, every reader gets it, duplicates at most one per
 SMTP connection, counted at the SMTP server); and `mailer serve` outlives the outage,
-logging one line per failure, answering /healthz throughout, and its pages that need the
+logging one line per failure, answering /livez throughout (and /healthz with a 503), and its pages that need the
 database answer "unavailable" meanwhile instead of crashing.
 """
 
@@ -90,14 +90,15 @@ def _status(port: int, path: str) -> int:
         return int(exc.code)
 
 
-def _healthy(port: int) -> bool:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+def _alive(port: int) -> bool:
+    """/livez: the process serves (its database may be down)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=5) as resp:
         return resp.status == 200 and resp.read() == b"ok\n"
 
 
 def _listening(port: int) -> bool:
     try:
-        return _healthy(port)
+        return _alive(port)
     except OSError:
         return False
 
@@ -161,7 +162,7 @@ def test_serve_outlives_a_server_outage_mid_send_with_one_log_line_and_the_diges
         down_until = time.monotonic() + 5
         while time.monotonic() < down_until:
             assert serve.poll() is None, "the service died with its database"
-            assert _healthy(web_port)
+            assert _alive(web_port)
             time.sleep(0.25)
         pg.start()
         # The service's own retry is its minute tick, longer than this test may take; a send
@@ -173,7 +174,7 @@ def test_serve_outlives_a_server_outage_mid_send_with_one_log_line_and_the_diges
         assert "finished" in out, out
         _assert_everyone_got_it_at_most_once_per_connection_more(smtp)
         assert serve.poll() is None, "the service died"
-        assert _healthy(web_port)
+        assert _alive(web_port)
     finally:
         err = _stop_service(serve)
     failures = [line for line in err.splitlines() if f"database {pg.url()}: " in line]
@@ -202,7 +203,8 @@ def test_a_page_that_needs_the_database_answers_503_with_one_log_line_while_the_
         assert _status(web_port, "/articles/1") == 200
         pg.stop("fast")
         during = _status(web_port, "/articles/1")
-        assert _healthy(web_port)
+        assert _alive(web_port)
+        assert _status(web_port, "/healthz") == 503  # the checks name the database
         pg.start()
         assert _status(web_port, "/articles/1") == 200  # back without a restart of the service
         assert serve.poll() is None, "the service died"

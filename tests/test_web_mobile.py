@@ -157,6 +157,7 @@ PAGES = [
     Shown("caught mail html", ("editor.mail_html",), goto(lambda s: f"/mail/{s.caught}/html"), "mail"),
     # Public pages.
     Shown("health check", ("public.health",), goto("/healthz"), "text"),
+    Shown("liveness check", ("public.live",), goto("/livez"), "text"),
     Shown("article", ("public.article",), goto(lambda s: f"/articles/{s.article_id}")),
     Shown("unsubscribe help", ("public.unsubscribe_help",), goto("/unsubscribe")),
     Shown("unsubscribe", ("public.unsubscribe_page",), goto(lambda s: s.links[READERS[0]])),

@@ -9,10 +9,12 @@ the file an article was imported from. A GET never changes anything (link scanne
 URLs): the unsubscribe page shows one button that POSTs; /unsubscribe without a token is
 where the archive's copy of an issue links instead of a reader's own page.
 
-/healthz answers a plain request "ok" while the process serves (a liveness probe, kept
-through a database outage), and a request for JSON (Accept: application/json, or
-?format=json) with mailer.metrics.health's checks, 503 when one is unhealthy; which check
-failed is public, its detail (a database or relay error) only the editor's.
+/healthz runs mailer.metrics.health's checks (database, scheduler, relay back-off): 200
+"ok" when all pass, 503 naming the failed ones when not, as text or, asked for JSON
+(Accept: application/json, or ?format=json), as an object; which check failed is public,
+its detail (a database or relay error) only the editor's. /livez only says the process
+serves (a liveness probe: a database outage must not fail it, since restarting mailer
+would not fix the database).
 """
 
 from __future__ import annotations
@@ -54,16 +56,17 @@ def blueprint(db: Database, cfg: Config, subscriptions: Subscriptions) -> Bluepr
 
     @bp.get("/healthz")
     def health() -> Response:
-        # Plain: the process answers (a liveness probe: it must not fail while the database
-        # restarts, which restarting us would not fix). JSON: the checks, 503 when one fails.
-        if request.args.get("format") != "json" and not _wants_json(request.accept_mimetypes):
-            return Response("ok\n", mimetype="text/plain")
         report = metrics.health(db, current_app.extensions.get(metrics.HEALTH_KEY), utcnow())
-        return Response(
-            json.dumps(report.as_json(details=access.is_editor(cfg, request)), indent=2) + "\n",
-            200 if report.ok else 503,
-            mimetype="application/json",
-        )
+        details = access.is_editor(cfg, request)
+        status = 200 if report.ok else 503
+        if request.args.get("format") == "json" or _wants_json(request.accept_mimetypes):
+            body = json.dumps(report.as_json(details=details), indent=2) + "\n"
+            return Response(body, status, mimetype="application/json")
+        return Response(report.as_text(details=details), status, mimetype="text/plain")
+
+    @bp.get("/livez")
+    def live() -> Response:
+        return Response("ok\n", mimetype="text/plain")
 
     @bp.get("/favicon.svg")
     @bp.get("/favicon.ico")  # where browsers look on a page that links none (a mail's own HTML)
