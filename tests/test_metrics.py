@@ -27,7 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from mailer import campaign
+from mailer import campaign, metrics
 from mailer.articles import ArticleStore
 from mailer.bounces import ledger
 from mailer.bounces.report import BounceKind, Report, Source

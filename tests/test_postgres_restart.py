@@ -6,8 +6,8 @@ What must hold: the command that was sending either finishes or ends with one li
 stderr naming the database and the problem (no traceback); nothing is lost (a second
 `digest send --now` finishes the digest, every reader gets it, duplicates at most one per
 SMTP connection, counted at the SMTP server); and `mailer serve` outlives the outage,
-logging one line per failure, answering /livez throughout (and /healthz with a 503), and its pages that need the
-database answer "unavailable" meanwhile instead of crashing.
+logging one line per failure, answering /livez throughout (and /healthz with a 503), and
+its pages that need the database answer "unavailable" meanwhile instead of crashing.
 """
 
 from __future__ import annotations
