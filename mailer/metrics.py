@@ -306,7 +306,7 @@ class Health:
         return {"status": "ok" if self.ok else "unhealthy", "checks": checks}
 
     def as_text(self, details: bool = True) -> str:
-        """"ok", or "unhealthy: relay" naming the failed checks, then with `details` one
+        """`ok`, or `unhealthy: relay` naming the failed checks, then with `details` one
         "name: detail" line for each."""
         failed = [name for name, c in self.checks.items() if c["status"] == "unhealthy"]
         if not failed:
