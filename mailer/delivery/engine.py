@@ -388,15 +388,15 @@ class Deliverer:
             # Running low: one worker claims the next batch while the others go on with
             # what is left, so no worker waits for a claim in the middle of a digest.
             low = len(shared.jobs) < self.cfg.smtp.connections * REFILL_PER_CONNECTION
-            if low and shared.more and shared.write_lock.acquire(blocking=False):
+            if low and shared.more and shared.claim_lock.acquire(blocking=False):
                 try:
                     self._refill(
                         shared, summary, CLAIM_PER_CONNECTION if self.alone else REFILL_PER_CONNECTION
                     )
                 finally:
-                    shared.write_lock.release()
+                    shared.claim_lock.release()
             return job
-        with shared.write_lock:  # one claim at a time; the others then find its jobs
+        with shared.claim_lock:  # one claim at a time; the others then find its jobs
             job = shared.take()
             if job is None and shared.more:
                 self._refill(shared, summary, CLAIM_PER_CONNECTION)
@@ -406,17 +406,20 @@ class Deliverer:
         return False if shared.more else None
 
     def _refill(self, shared: Shared, summary: RunSummary, per_connection: int) -> None:
-        """Claim the next batch (with the write lock held)."""
-        batch, elsewhere = self._claim(summary, per_connection * self.cfg.smtp.connections)
+        """Claim the next batch (with the claim lock held)."""
+        batch, elsewhere = self._claim(shared, summary, per_connection * self.cfg.smtp.connections)
         shared.more = bool(batch) or elsewhere > 0
         with shared.jobs_lock:
             shared.jobs.extend(batch)
 
     # ------------------------------------------------------------------ database work
 
-    def _claim(self, summary: RunSummary, limit: int) -> tuple[list[Job], int]:
+    def _claim(self, shared: Shared, summary: RunSummary, limit: int) -> tuple[list[Job], int]:
+        """Claim up to `limit` rows and make their jobs. On SQLite the transaction holds the
+        process's write lock (the workers' records wait for it); the jobs' links, an HMAC
+        each, are made after it is released."""
         now = utcnow()
-        with self.db.session() as s:
+        with self._writing(shared), self.db.session() as s:
             if self.cfg.smtp.max_per_hour:
                 # The relay's hourly quota holds for every run together: never claim more
                 # than what it has left (sent in the last hour and in flight anywhere count).
@@ -431,7 +434,8 @@ class Deliverer:
             )
             # Noticed at every claim, not only at a heartbeat: a run that joined since.
             self.alone = elsewhere == 0 and len(queue.runs(s, summary.digest_id, now)) <= 1
-        summary.skipped += skipped
+        with shared.counts_lock:
+            summary.skipped += skipped
         jobs = [
             Job(
                 c.delivery_id,
@@ -461,16 +465,22 @@ class Deliverer:
     ) -> bool | None:
         """One short commit per message, then the run's counts. With `following`, also
         its pre-send check: active or not, None when its row is no longer this run's
-        (None without it). On SQLite the write holds the process's write lock; PostgreSQL
-        takes concurrent writers, and serialising them there would make every worker wait
-        for the others' commits."""
+        (None without it). On SQLite the write alone holds the process's write lock (the
+        check is a read, which WAL never makes wait: holding the lock for it made the other
+        workers wait too); PostgreSQL takes concurrent writers, and serialising them there
+        would make every worker wait for the others' commits, so the record and the check
+        are one statement there."""
         outcome = result.outcome
         retry_at = None
         if outcome is Outcome.TEMPORARY:
             delays = self.cfg.delivery.retry_minutes
             retry_at = utcnow() + timedelta(minutes=delays[min(job.attempts, len(delays)) - 1])
         then = (following.recipient.subscriber_id, following.delivery_id) if following else None
-        with self._writing(shared):
+        if self.serial_writes:
+            with shared.write_lock:
+                conn.record(job.delivery_id, self.owner, _STATUS_OF[outcome], result.reply, retry_at)
+            active = conn.check(*then, self.owner) if then else None
+        else:
             active = conn.record(
                 job.delivery_id, self.owner, _STATUS_OF[outcome], result.reply, retry_at, then
             )

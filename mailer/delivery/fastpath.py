@@ -2,20 +2,20 @@
 
 Each worker keeps its own raw DB-API connection for it, because SQLAlchemy's execution
 layer tripled its cost. So the statements are written here once per dialect (the only SQL
-in mailer that knows one): SQLite (`?`, an explicit BEGIN IMMEDIATE on a connection in
-autocommit mode, datetimes in SQLAlchemy's text format) and PostgreSQL through psycopg
-(`%s`, autocommit, datetime objects). Both the pre-send check and the record check that
+in mailer that knows one): SQLite (`?`, a connection in autocommit mode, where each
+statement is its own transaction, datetimes in SQLAlchemy's text format) and PostgreSQL
+through psycopg (`%s`, autocommit, datetime objects). Both the pre-send check and the record check that
 the row is still claimed by this run (queue.py says why that bounds what a replaced run
 can still send).
 
 On PostgreSQL a round trip to the server is what a message costs most, so recording one
 message and checking the next are one statement (a data-modifying CTE): one round trip
-and one commit per message. On SQLite they stay two statements in the process.
+and one commit per message. On SQLite they stay two statements in the process, and only
+the write holds the process's write lock (engine.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,33 +79,30 @@ class FastPath:
             return self._active(row[1:], owner)
         cur = self.raw.cursor()
         try:
-            if not self.sqlite:  # autocommit: the statement is its own transaction
-                cur.execute(self._record_sql[status], args)
-                held = cur.rowcount == 1
-            else:
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    cur.execute(self._record_sql[status], args)
-                    held = cur.rowcount == 1
-                    cur.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(Exception):  # BEGIN itself may be what failed
-                        cur.execute("ROLLBACK")
-                    raise
+            # Autocommit on both: the statement is its own transaction. On SQLite an UPDATE
+            # takes the write lock before it reads (as BEGIN IMMEDIATE would), so it waits
+            # for another process's writer in the busy handler, and it is one call into
+            # SQLite instead of three, each of which gives up and takes back the GIL.
+            cur.execute(self._record_sql[status], args)
+            held = cur.rowcount == 1
         finally:
             cur.close()
         if not held:
             raise LostRun()
         if then_check is None:
             return None
-        return self._active(self._one(self._check_sql, then_check), owner)
+        return self.check(*then_check, owner)
+
+    def check(self, subscriber_id: int, delivery_id: int, owner: str) -> bool | None:
+        """Is the subscriber active? None when the delivery row is no longer this run's."""
+        return self._active(self._one(self._check_sql, (subscriber_id, delivery_id)), owner)
 
     def still_active(self, subscriber_id: int, delivery_id: int, owner: str) -> bool:
         """Just before each message: is the subscriber still active, and does this run still
         hold the row? A read that never waits for a writer (WAL; PostgreSQL's MVCC), so an
         unsubscribe counts even for an already-claimed row, and a run that stalled past its
         lease stops at its next message instead of sending rows another run has taken."""
-        active = self._active(self._one(self._check_sql, (subscriber_id, delivery_id)), owner)
+        active = self.check(subscriber_id, delivery_id, owner)
         if active is None:
             raise LostRun()
         return active

@@ -51,9 +51,13 @@ class Shared:
     """What the workers of one run share: the claimed jobs, the write lock, the slots."""
 
     def __init__(self, connections: int) -> None:
+        # SQLite's one writer at a time in this process (its busy handler sleeps whole
+        # milliseconds); PostgreSQL's writes do not take it, but for the heartbeat.
         self.write_lock = threading.Lock()
-        # Taking a job must not wait behind another worker's write (SQLite's records hold
-        # write_lock): the jobs have a lock of their own, taken inside write_lock if both.
+        # One claim at a time, the others then find its jobs; taken before write_lock.
+        self.claim_lock = threading.Lock()
+        # Taking a job must not wait behind another worker's write or claim: the jobs
+        # have a lock of their own, taken inside the others if several.
         self.jobs_lock = threading.Lock()
         # The run's counts (RunSummary, consecutive failures) and the progress callback.
         self.counts_lock = threading.Lock()
