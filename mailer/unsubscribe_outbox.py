@@ -60,18 +60,27 @@ def outbox_folder(cfg: Config) -> Path:
     return cfg.var_dir / FOLDER
 
 
+def _is_record(name: str) -> bool:
+    return name.endswith(".json") and not name.startswith(".")  # not a temporary file
+
+
 def _records(folder: Path) -> list[Path]:
     try:
         with os.scandir(folder) as entries:
-            names = [e.name for e in entries if e.name.endswith(".json") and not e.name.startswith(".")]
+            names = [e.name for e in entries if _is_record(e.name)]
     except FileNotFoundError:
         return []
     return [folder / name for name in sorted(names)]
 
 
 def pending_unsubscribes(cfg: Config) -> set[int]:
-    """The ids with an unsubscribe recorded but not yet applied to the database."""
-    return {int(path.name.split("-", 1)[0]) for path in _records(outbox_folder(cfg))}
+    """The ids with an unsubscribe recorded but not yet applied to the database. Asked
+    before every message: names only (no paths, no sorting), one directory listing."""
+    try:
+        names = os.listdir(outbox_folder(cfg))
+    except FileNotFoundError:
+        return set()
+    return {int(name.split("-", 1)[0]) for name in names if _is_record(name)}
 
 
 def has_pending_unsubscribe(cfg: Config, subscriber_id: int) -> bool:

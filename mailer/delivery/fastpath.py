@@ -45,7 +45,7 @@ class FastPath:
     def _time(self, value: datetime) -> Any:
         naive = value.astimezone(UTC).replace(tzinfo=None)
         # SQLite has no datetime type: the text format UTCDateTime's impl stores.
-        return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else naive
+        return naive.isoformat(" ", "microseconds") if self.sqlite else naive  # as strftime, 3x faster
 
     def record(
         self,
