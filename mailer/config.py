@@ -15,6 +15,7 @@ few in NON_CONFIG_VARIABLES, which other parts of mailer read themselves.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -148,8 +149,10 @@ class Config:
     def fallback_theme(self) -> str:
         return next(t.slug for t in self.settings.themes if t.fallback)
 
-    @property
+    @functools.cached_property
     def var_dir(self) -> Path:
+        # Cached (a Config never changes): the unsubscribe outbox is looked at in it before
+        # every message, where resolving the path again cost ~4% of a send's CPU.
         return self.resolve("var")
 
 
