@@ -81,10 +81,14 @@ from mailer.tokens import Tokens, load_secret
 log = logging.getLogger("mailer.delivery")
 
 # Rows claimed at a time, per connection: enough that claiming costs little, few enough
-# that runs joining a digest find rows left to share. A claim costs a few ms whatever its
-# size (the heartbeat, the reclaim, the counts of other runs' rows): at 250 rather than 50
-# a send into smtp-sink used ~20% less CPU (bench/throughput.py).
-CLAIM_PER_CONNECTION = 250
+# that runs joining a digest find rows left to share. While a run stays alone on the
+# digest, each claim doubles its batch up to CLAIM_MAX_PER_CONNECTION: a claim costs a few
+# ms whatever its size (the heartbeat, the reclaim, the counts of other runs' rows), and
+# at 250 rather than 50 a send into smtp-sink used ~20% less CPU (bench/throughput.py).
+# A run that starts a moment after the first still finds rows: the first claims double
+# from 50, and any company sets the batch back.
+CLAIM_PER_CONNECTION = 50
+CLAIM_MAX_PER_CONNECTION = 250
 # Fewer than this many left, per connection: more are claimed ahead, a whole batch while
 # the run is alone on the digest (each claim costs a few ms of write lock), this many with
 # other runs on it, so they keep finding rows to share.
@@ -147,6 +151,7 @@ class Deliverer:
         # Loaded and checked once: a bad key refuses the run before anything is sent.
         self.signer = DkimSigner.from_config(cfg)
         self.alone = True  # the only run on the digest (see _share)
+        self.batch = CLAIM_PER_CONNECTION  # rows per connection of the next whole claim
         # SQLite takes one writer at a time: the workers queue on a lock in the process
         # rather than in SQLite's busy-wait (which sleeps in whole milliseconds).
         self.serial_writes = db.engine.dialect.name == "sqlite"
@@ -392,16 +397,14 @@ class Deliverer:
             low = len(shared.jobs) < self.cfg.smtp.connections * REFILL_PER_CONNECTION
             if low and shared.more and shared.claim_lock.acquire(blocking=False):
                 try:
-                    self._refill(
-                        shared, summary, CLAIM_PER_CONNECTION if self.alone else REFILL_PER_CONNECTION
-                    )
+                    self._refill(shared, summary, self.batch if self.alone else REFILL_PER_CONNECTION)
                 finally:
                     shared.claim_lock.release()
             return job
         with shared.claim_lock:  # one claim at a time; the others then find its jobs
             job = shared.take()
             if job is None and shared.more:
-                self._refill(shared, summary, CLAIM_PER_CONNECTION)
+                self._refill(shared, summary, self.batch)
                 job = shared.take()
         if job is not None:
             return job
@@ -410,6 +413,7 @@ class Deliverer:
     def _refill(self, shared: Shared, summary: RunSummary, per_connection: int) -> None:
         """Claim the next batch (with the claim lock held)."""
         batch, elsewhere = self._claim(shared, summary, per_connection * self.cfg.smtp.connections)
+        self.batch = min(self.batch * 2, CLAIM_MAX_PER_CONNECTION) if self.alone else CLAIM_PER_CONNECTION
         shared.more = bool(batch) or elsewhere > 0
         with shared.jobs_lock:
             shared.jobs.extend(batch)
