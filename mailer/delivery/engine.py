@@ -35,7 +35,7 @@ What stops a run, and what does not:
 * A database error ends the run with one line; while the database is only locked by
   another process, a worker waits for it (queue.LOCK_PATIENCE) instead.
 
-Why one module of ~560 lines: the worker loop, its connection handling and its error
+Why one module of ~580 lines: the worker loop, its connection handling and its error
 paths are one protocol (when a claimed row is sent, recorded or given back), and the
 crash argument above reads in one place; the database side lives in queue.py and
 fastpath.py, the shared jobs, editions and the gate in jobs.py.
