@@ -306,6 +306,10 @@ class Service:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         if self.web is not None:
+            # The request threads first: a single-socket server's close() closes the pipe
+            # a thread pulls when its response is done (EBADF, a traceback at every stop
+            # that met a request's end; CI saw one). shutdown() waits for them (5 s at most).
+            self.web.task_dispatcher.shutdown()
             self.web.close()
         if self.app is not None:
             close_app(self.app)
