@@ -60,9 +60,10 @@ class FastPath:
         on a row this run still holds (else LostRun: it was replaced). `queued` means the
         attempt did not count (the run stopped, not the recipient's fault).
 
-        `then_check` (the next job's subscriber and delivery ids): also check that one,
-        after the record, and return whether its subscriber is active, or None when its row
-        is no longer this run's (None without it)."""
+        `then_check` (the next job's subscriber and delivery ids; PostgreSQL only, in the
+        same statement): also check that one and return whether its subscriber is active,
+        or None when its row is no longer this run's (None without it). On SQLite the
+        caller checks apart with `check`, outside the process's write lock (engine.py)."""
         now = self._time(utcnow())
         args: tuple[Any, ...]
         if status is DeliveryStatus.SENT:
@@ -72,7 +73,8 @@ class FastPath:
             args = (reply, self._time(retry_at), now, delivery_id, owner)
         else:
             args = (reply, now, delivery_id, owner)
-        if not self.sqlite and then_check is not None:
+        if then_check is not None:
+            assert not self.sqlite, "SQLite checks apart (see the docstring)"
             row = self._one(self._record_then_check_sql[status], (*args, *then_check))
             if row[0] != 1:
                 raise LostRun()
@@ -89,9 +91,7 @@ class FastPath:
             cur.close()
         if not held:
             raise LostRun()
-        if then_check is None:
-            return None
-        return self.check(*then_check, owner)
+        return None
 
     def check(self, subscriber_id: int, delivery_id: int, owner: str) -> bool | None:
         """Is the subscriber active? None when the delivery row is no longer this run's."""
